@@ -1,0 +1,48 @@
+# bnn-lightning: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export BNN_DATA_DIR ?= $(abspath ../shared/data)
+export WANDB_MODE ?= offline
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-all lint format train bench clean
+
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with dev extras (quick when done).
+
+test: install ## Run the fast test suite (no `slow` tests).
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install ## Run every test, `slow` ones included.
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy on the package.
+	$(VENV)/bin/ruff check bnn_lightning tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check bnn_lightning tests benchmarks notebooks
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff fixes and formatting.
+	$(VENV)/bin/ruff check --fix bnn_lightning tests benchmarks notebooks
+	$(VENV)/bin/ruff format bnn_lightning tests benchmarks notebooks
+
+train: install ## Quickstart: a real two-stage binary ResNet run on CIFAR-10 (about 10 min on 2 CPU cores).
+	$(VENV)/bin/bnn fit --config configs/cifar10/quickstart.yaml
+
+bench: install ## Run the benchmarks; writes benchmarks/results/<date>.{json,md,png}.
+	$(PY) benchmarks/run.py
+
+clean: ## Remove caches, logs and build outputs (keeps .venv).
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info lightning_logs wandb
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
