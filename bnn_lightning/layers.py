@@ -20,7 +20,7 @@ mode                          input_quantizer    weight_quantizer
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import Literal, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,9 +111,9 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.quantize_input(x)
-        padding = self.padding
+        padding = cast(tuple[int, int], self.padding)
         if self.pad_value != 0.0 and any(padding):
-            ph, pw = padding  # type: ignore[misc]
+            ph, pw = padding
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
             padding = (0, 0)
         return F.conv2d(

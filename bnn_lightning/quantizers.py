@@ -233,7 +233,7 @@ class Clamp(Quantizer):
 
 
 class ReLU(Quantizer):
-    """ReLU, the curriculum's first, full-precision activation (the seed's ``BinActive(bin=False)``)."""
+    """ReLU: the curriculum's first, full-precision step (the seed's ``BinActive(bin=False)``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)

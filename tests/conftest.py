@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ``BNN_DATA_DIR`` (default ``../shared/data``), seeds, offline W&B."""
+"""Shared fixtures: real data from ``BNN_DATA_DIR`` (default ``../shared/data``), seeds, W&B."""
 
 from __future__ import annotations
 
