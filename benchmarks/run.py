@@ -1,6 +1,163 @@
 """Run every ``benchmarks/bench_*.py`` and write ``benchmarks/results/<date>.{json,md,png}``.
 
-Each benchmark module exposes ``run(quick: bool) -> dict`` returning
-``{"title": str, "rows": list[dict], "notes": str}``; ``rows`` become a markdown table.
-``python benchmarks/run.py [--quick] [--only NAME ...]``.
+Each benchmark module exposes ``run(quick: bool = False) -> dict`` returning
+``{"title": str, "rows": list[dict], "notes": str}`` and optionally ``"plot": {"label": str,
+"values": {name: number}}`` for the bar chart. ``rows`` become a markdown table.
+
+Usage: ``python benchmarks/run.py [--quick] [--only NAME ...] [--out DIR]``.
 """
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, torch version and GPU (if any) of this machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def discover(only: list[str] | None) -> list[tuple[str, ModuleType]]:
+    """Import ``bench_*.py`` modules in name order, filtered by ``only``."""
+    modules = []
+    for path in sorted(HERE.glob("bench_*.py")):
+        name = path.stem.removeprefix("bench_")
+        if only and name not in only:
+            continue
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules.append((name, module))
+    return modules
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as a markdown report, one table per benchmark."""
+    hw = results["hardware"]
+    lines = [
+        f"# Benchmarks {results['date']}",
+        "",
+        f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads); "
+        f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}; load avg {hw['load_avg_1m']}.",
+        "",
+    ]
+    for name, result in results["benchmarks"].items():
+        lines += [f"## {result.get('title', name)}", ""]
+        if "error" in result:
+            lines += ["```", result["error"].rstrip(), "```", ""]
+            continue
+        rows = result.get("rows", [])
+        if rows:
+            header = list(dict.fromkeys(k for row in rows for k in row))
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            for row in rows:
+                lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in header) + " |")
+            lines.append("")
+        if result.get("notes"):
+            lines += [result["notes"], ""]
+        lines.append(f"_{result.get('seconds', 0):.0f} s to run._")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Bar charts of each benchmark's ``plot`` values into one PNG; False when there are none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(n, r["plot"]) for n, r in results["benchmarks"].items() if r.get("plot")]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for ax, (name, panel) in zip(axes[:, 0], panels, strict=True):
+        labels, values = zip(*panel["values"].items(), strict=True)
+        ax.barh(labels, values, color="tab:blue")
+        ax.set_title(results["benchmarks"][name].get("title", name), fontsize=10)
+        ax.set_xlabel(panel.get("label", ""))
+        ax.invert_yaxis()
+    hw = results["hardware"]
+    fig.suptitle(f"{results['date']} · {hw['cpu']} · {hw['cores']} cores · torch {hw['torch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
+    parser.add_argument("--only", nargs="+", help="benchmark names (bench_<name>.py) to run")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(HERE))
+    results: dict[str, Any] = {
+        "date": dt.datetime.now().strftime("%Y-%m-%d_%H%M"),
+        "hardware": hardware(),
+        "quick": args.quick,
+        "benchmarks": {},
+    }
+    failed = False
+    for name, module in discover(args.only):
+        print(f"[bench] {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            result = module.run(quick=args.quick)
+        except Exception:  # a failing benchmark is reported, the others still run
+            result = {"title": name, "error": traceback.format_exc()}
+            failed = True
+        result["seconds"] = time.perf_counter() - start
+        results["benchmarks"][name] = result
+        print(f"[bench] {name} done in {result['seconds']:.0f} s", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / results["date"]
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+    stem.with_suffix(".md").write_text(markdown(results))
+    wrote_png = plot(results, stem.with_suffix(".png"))
+    print(f"[bench] wrote {stem}.json, {stem}.md" + (f", {stem}.png" if wrote_png else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
