@@ -10,6 +10,7 @@ from bnn_lightning.layers import (
     set_mode,
     set_quantizers,
 )
+from bnn_lightning.models import BinaryResNet, create_model, list_models
 from bnn_lightning.quantizers import (
     QUANTIZERS,
     ApproxSign,
@@ -22,6 +23,7 @@ from bnn_lightning.quantizers import (
     SwishSign,
     get_quantizer,
 )
+from bnn_lightning.summary import ModelSummary, summary
 
 __version__ = "0.1.0"
 
@@ -31,9 +33,11 @@ __all__ = [
     "ApproxSign",
     "BinaryConv2d",
     "BinaryLinear",
+    "BinaryResNet",
     "Clamp",
     "LeakyClip",
     "MagnitudeAwareSign",
+    "ModelSummary",
     "QuantizedLayer",
     "Quantizer",
     "ReLU",
@@ -41,8 +45,11 @@ __all__ = [
     "SwishSign",
     "__version__",
     "binary_layers",
+    "create_model",
     "get_modes",
     "get_quantizer",
+    "list_models",
     "set_mode",
     "set_quantizers",
+    "summary",
 ]
