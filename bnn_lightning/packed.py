@@ -15,11 +15,13 @@ which removes the -1s' contribution: the result equals the zero-padded float con
 
 Speed: the popcount is a SWAR bit count (:func:`~bnn_lightning.bits.popcount64`). Eager mode runs
 it as a dozen separate tensor ops over a materialized ``(N, out, words, positions)`` tensor;
-``compile=True`` lets ``torch.compile`` fuse packing, XOR, popcount and the reduction into one
+``use_compile=True`` lets ``torch.compile`` fuse packing, XOR, popcount and the reduction into one
 kernel (slow first call per input shape).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +127,7 @@ def xnor_conv2d(
 _compiled_xnor_conv2d = None
 
 
-def _xnor_conv2d_compiled(*args: object) -> Tensor:
+def _xnor_conv2d_compiled(*args: Any) -> Tensor:
     """``xnor_conv2d`` through ``torch.compile`` (one static graph per layer shape)."""
     global _compiled_xnor_conv2d
     if _compiled_xnor_conv2d is None:
@@ -147,7 +149,7 @@ class PackedBinaryConv2d(nn.Module):
         bias: Optional bias ``(out,)``.
         stride, padding, dilation, groups: As in ``nn.Conv2d``.
         pad_value: 0 (zero padding, corrected exactly), -1 or +1 (padded as that value).
-        compile: Run the XNOR-popcount kernel through ``torch.compile`` (fast after a slow first
+        use_compile: Run the XNOR-popcount kernel through ``torch.compile`` (fast after a slow first
             call per input shape); False runs eager PyTorch ops.
     """
 
@@ -166,7 +168,7 @@ class PackedBinaryConv2d(nn.Module):
         dilation: int | tuple[int, ...] = 1,
         groups: int = 1,
         pad_value: float = 0.0,
-        compile: bool = False,
+        use_compile: bool = False,
     ) -> None:
         super().__init__()
         if pad_value not in (-1.0, 0.0, 1.0):
@@ -175,7 +177,7 @@ class PackedBinaryConv2d(nn.Module):
         self.in_channels, self.out_channels = group_in * groups, out_channels
         self.kernel_size, self.groups = (kh, kw), groups
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.pad_value, self.compile = float(pad_value), compile
+        self.pad_value, self.use_compile = float(pad_value), use_compile
         self.taps = group_in * kh * kw
         words, _ = pack_bits(signs, torch.int64, dim=1)
         self.register_buffer("weight_bits", words.reshape(groups, out_channels // groups, -1))
@@ -186,7 +188,7 @@ class PackedBinaryConv2d(nn.Module):
         self.register_buffer("ring_weight", signs.float().sum(1, keepdim=True) if ring else None)
 
     @classmethod
-    def from_binary_conv(cls, layer: BinaryConv2d, compile: bool = False) -> PackedBinaryConv2d:
+    def from_binary_conv(cls, layer: BinaryConv2d, use_compile: bool = False) -> PackedBinaryConv2d:
         """Packed copy of a ``BinaryConv2d`` whose input and weights are both binary.
 
         Raises:
@@ -199,22 +201,16 @@ class PackedBinaryConv2d(nn.Module):
             )
         signs, scale = binary_weight_parts(layer)
         bias = None if layer.bias is None else layer.bias.detach()
+        padding = layer.padding  # a tuple: BinaryConv2d rejects string padding
         return cls(
-            signs,
-            scale,
-            bias,
-            layer.stride,
-            layer.padding,
-            layer.dilation,  # type: ignore[arg-type]
-            layer.groups,
-            layer.pad_value,
-            compile,
-        )
+            signs, scale, bias, layer.stride, padding, layer.dilation,  # type: ignore[arg-type]
+            layer.groups, layer.pad_value, use_compile,
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         pad_sign = 1.0 if self.pad_value == 1.0 else -1.0
         args = (x, self.weight_bits, self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.compile:
+        if self.use_compile:
             mismatches = _xnor_conv2d_compiled(*args, pad_sign)
         else:
             mismatches = xnor_conv2d(*args, pad_sign, _CHUNK_ELEMENTS)
@@ -235,7 +231,7 @@ class PackedBinaryConv2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-            f"pad_value={self.pad_value}, compile={self.compile}"
+            f"pad_value={self.pad_value}, use_compile={self.use_compile}"
         )
 
 
@@ -245,7 +241,7 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return int(value[0]), int(value[-1])
 
 
-def convert_to_packed(model: nn.Module, compile: bool = False) -> int:
+def convert_to_packed(model: nn.Module, use_compile: bool = False) -> int:
     """Replace every fully binary ``BinaryConv2d`` of ``model`` by a :class:`PackedBinaryConv2d`.
 
     Layers with a real-valued input or weight quantizer stay as they are. Returns the number of
@@ -262,5 +258,7 @@ def convert_to_packed(model: nn.Module, compile: bool = False) -> int:
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, PackedBinaryConv2d.from_binary_conv(getattr(parent, child), compile))
+        setattr(
+            parent, child, PackedBinaryConv2d.from_binary_conv(getattr(parent, child), use_compile)
+        )
     return len(targets)
