@@ -20,8 +20,11 @@ mode                          input_quantizer    weight_quantizer
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, cast
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal, cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -74,6 +77,41 @@ def _precision(quantizer: nn.Module | None) -> int:
     return 32 if quantizer is None else int(getattr(quantizer, "precision", 32))
 
 
+@contextmanager
+def _saved_as_int8(x: Tensor) -> Iterator[None]:
+    """Store ``x`` (values exactly +-1) as int8 wherever autograd saves it for backward.
+
+    A float conv saves its input at 4 bytes (2 under bf16 autocast) an element; a binary input
+    holds one bit of information, so the binary layer keeps it at 1 byte and restores the exact
+    same values in backward. Other saved tensors (the weight) are left alone.
+    """
+    ptr, shape, dtype = x.data_ptr(), x.shape, x.dtype
+
+    def pack(t: Tensor) -> Any:
+        if t.data_ptr() == ptr and t.shape == shape and t.dtype == dtype:
+            return t.to(torch.int8)
+        return t
+
+    def unpack(t: Any) -> Tensor:
+        return t.to(dtype) if isinstance(t, Tensor) and t.dtype == torch.int8 else t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
+def _compact_input(x: Tensor, quantizer: nn.Module | None) -> tuple[Tensor, Any]:
+    """Cast to the autocast dtype up front and pick the context that saves ``x`` as int8."""
+    if not (
+        getattr(quantizer, "unit_output", False) and torch.is_grad_enabled() and x.requires_grad
+    ):
+        return x, nullcontext()
+    if torch.compiler.is_compiling():  # the compiler plans saved tensors itself
+        return x, nullcontext()
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return x, _saved_as_int8(x)
+
+
 class BinaryConv2d(QuantizedLayer, nn.Conv2d):
     """``nn.Conv2d`` that computes ``conv2d(input_quantizer(x), weight_quantizer(w))``.
 
@@ -116,9 +154,12 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
             ph, pw = padding
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
             padding = (0, 0)
-        return F.conv2d(
-            x, self.quantized_weight(), self.bias, self.stride, padding, self.dilation, self.groups
+        weight = self.quantized_weight()
+        x, saving = _compact_input(
+            x, self.input_quantizer if self.pad_value in (0, 1, -1) else None
         )
+        with saving:
+            return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", pad_value={self.pad_value}" if self.pad_value else "")

@@ -87,9 +87,14 @@ class _SwishSignFn(torch.autograd.Function):
 
 
 class Quantizer(nn.Module):
-    """Base class: ``precision`` is 1 for binary quantizers and 32 for real-valued ones."""
+    """Base class: ``precision`` is 1 for binary quantizers and 32 for real-valued ones.
+
+    ``unit_output`` is True where every output is exactly -1 or +1 (no scale), which lets binary
+    layers keep the quantized activation at one byte for backward.
+    """
 
     precision: ClassVar[int] = 32
+    unit_output: ClassVar[bool] = False
 
 
 class SteSign(Quantizer):
@@ -106,6 +111,7 @@ class SteSign(Quantizer):
     """
 
     precision = 1
+    unit_output = True
 
     def __init__(self, clip: float = 1.0) -> None:
         super().__init__()
@@ -131,6 +137,7 @@ class ApproxSign(Quantizer):
     """
 
     precision = 1
+    unit_output = True
 
     def forward(self, x: Tensor) -> Tensor:
         return _ApproxSignFn.apply(x)
@@ -150,6 +157,7 @@ class SwishSign(Quantizer):
     """
 
     precision = 1
+    unit_output = True
 
     def __init__(self, beta: float = 5.0) -> None:
         super().__init__()

@@ -100,3 +100,38 @@ def test_set_mode_switches_every_layer_and_keeps_the_state_dict() -> None:
 def test_string_padding_is_refused() -> None:
     with pytest.raises(ValueError, match="integer padding"):
         L.BinaryConv2d(2, 2, 3, padding="same")  # type: ignore[arg-type]
+
+
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return total
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_binary_activations_are_saved_compactly_with_exact_gradients(autocast: bool) -> None:
+    conv = L.BinaryConv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        conv(x).float().square().sum().backward()
+        binary_bytes = _saved_bytes(conv, x)
+        L.set_mode(conv, "binary_weights")
+        float_bytes = _saved_bytes(conv, x)
+    assert binary_bytes < float_bytes
+
+    # Reference: plain autograd on sign(x) with the clipped STE written out.
+    w = conv.weight.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    sign_ste = _sign(xr).detach() + (xr - xr.detach()) * (xr.abs() <= 1)
+    wq = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach() * (_sign(w).detach() + w - w.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        F.conv2d(sign_ste, wq, padding=1).float().square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(conv.weight.grad, w.grad * (w.abs() <= 1))
