@@ -1,0 +1,171 @@
+"""Load networks and weights from checkpoints: strict stage-1 hand-off and distillation teachers.
+
+Every file is read with ``torch.load(weights_only=True)``. A checkpoint of this project is a
+Lightning checkpoint whose ``state_dict`` holds the network under ``net.`` and whose
+``hyper_parameters["net"]`` says how to build it (``{"class_path": ..., "init_args": ...}``, as
+LightningCLI writes it, or as :func:`net_config` records it outside the CLI).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+from torch import Tensor, nn
+
+__all__ = [
+    "TORCHVISION_PREFIX",
+    "build_net",
+    "freeze",
+    "is_plain",
+    "load_checkpoint",
+    "load_net_weights",
+    "load_strict",
+    "load_teacher",
+    "net_config",
+    "net_from_checkpoint",
+    "net_state_dict",
+]
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint or state dict onto the CPU with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; check the path.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} cannot be loaded with weights_only=True ({err}); re-save it as a state dict."
+        ) from err
+
+
+def net_state_dict(checkpoint: Mapping[str, Any], prefix: str = "net.") -> dict[str, Tensor]:
+    """Network weights: a Lightning checkpoint's keys under ``prefix``, or a plain state dict."""
+    if "state_dict" not in checkpoint:
+        return {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    state = checkpoint["state_dict"]
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _shorten(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error.
+
+    Raises:
+        ValueError: The weights in ``source`` do not fit ``module``'s architecture.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        problems = [
+            f"{label}: {_shorten(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if keys
+        ]
+        raise ValueError(
+            f"The weights in {source} do not match the network ({'; '.join(problems)}); build "
+            "the network with the same architecture arguments as the run that saved them."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_net_weights(net: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's network weights into ``net`` strictly (the stage-2 ``init_from``)."""
+    load_strict(net, net_state_dict(load_checkpoint(path)), str(path))
+
+
+def is_plain(value: Any) -> bool:
+    """True for None, bool, int, float, str and lists / str-keyed dicts of them (YAML values)."""
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def net_config(net: nn.Module) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a net that records plain ``init_args``, else None."""
+    init_args = getattr(net, "init_args", None)
+    if not isinstance(init_args, Mapping) or not is_plain(init_args):
+        return None
+    cls = type(net)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+
+
+def build_net(config: Mapping[str, Any]) -> nn.Module:
+    """Instantiate ``{"class_path": ..., "init_args": ...}``; the class must be an ``nn.Module``."""
+    class_path = str(config.get("class_path", ""))
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"class_path {class_path!r} is not an importable nn.Module class.")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "net", fail_untyped=False)
+    parsed = parser.parse_object({"net": dict(config.get("init_args") or {})})
+    return parser.instantiate_classes(parsed).net
+
+
+def net_from_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild the network a checkpoint of this project was trained with and load its weights."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("hyper_parameters", {}).get("net")
+    if not isinstance(config, Mapping) or "class_path" not in config:
+        raise ValueError(
+            f"{path} does not record how to build its network (hyper_parameters['net']); "
+            "pass the network as a module instead, or use a checkpoint written by BNNClassifier."
+        )
+    net = build_net(config)
+    load_strict(net, net_state_dict(checkpoint), str(path))
+    return net
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients and put ``module`` in eval mode (in place); returns it."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def load_teacher(
+    teacher: nn.Module | str, weights: str | None = None, num_classes: int | None = None
+) -> nn.Module:
+    """A frozen teacher from a module, a checkpoint of this project, or ``torchvision:<name>``.
+
+    Args:
+        teacher: An ``nn.Module``; a checkpoint path; or ``"torchvision:resnet34"`` style names.
+        weights: State-dict file for a torchvision teacher (no download happens).
+        num_classes: Output size of a torchvision teacher (its weights must match it).
+    """
+    if isinstance(teacher, nn.Module):
+        return freeze(teacher)
+    if not teacher.startswith(TORCHVISION_PREFIX):
+        return freeze(net_from_checkpoint(teacher))
+    import torchvision
+
+    if weights is None:
+        raise ValueError(f"Teacher {teacher!r} needs teacher_weights: a state-dict file for it.")
+    name = teacher[len(TORCHVISION_PREFIX) :]
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    net = torchvision.models.get_model(name, weights=None, **kwargs)
+    load_strict(net, net_state_dict(load_checkpoint(weights)), weights)
+    return freeze(net)
