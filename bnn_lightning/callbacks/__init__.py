@@ -1,0 +1,8 @@
+"""What changes over a run: stage handoff, activation curriculum, weight clipping, diagnostics."""
+
+from bnn_lightning.callbacks.curriculum import ActivationCurriculum
+from bnn_lightning.callbacks.diagnostics import BNNDiagnostics
+from bnn_lightning.callbacks.handoff import StageHandoff
+from bnn_lightning.callbacks.weight_clip import WeightClip
+
+__all__ = ["ActivationCurriculum", "BNNDiagnostics", "StageHandoff", "WeightClip"]
