@@ -1,6 +1,13 @@
 """bnn-lightning: train binarized neural networks with PyTorch Lightning."""
 
 from bnn_lightning.callbacks import ActivationCurriculum, BNNDiagnostics, StageHandoff, WeightClip
+from bnn_lightning.export import (
+    ExportReport,
+    PackedFormatError,
+    export_checkpoint,
+    export_packed,
+    load_packed,
+)
 from bnn_lightning.layers import (
     MODES,
     BinaryConv2d,
@@ -14,6 +21,7 @@ from bnn_lightning.layers import (
 from bnn_lightning.losses import BNNLoss, CenterLoss
 from bnn_lightning.models import BinaryResNet, create_model, list_models
 from bnn_lightning.module import BNNClassifier
+from bnn_lightning.packed import PackedBinaryConv2d, convert_to_packed
 from bnn_lightning.quantizers import (
     QUANTIZERS,
     ApproxSign,
@@ -44,9 +52,12 @@ __all__ = [
     "BinaryResNet",
     "CenterLoss",
     "Clamp",
+    "ExportReport",
     "LeakyClip",
     "MagnitudeAwareSign",
     "ModelSummary",
+    "PackedBinaryConv2d",
+    "PackedFormatError",
     "QuantizedLayer",
     "Quantizer",
     "ReLU",
@@ -58,10 +69,14 @@ __all__ = [
     "WeightClip",
     "__version__",
     "binary_layers",
+    "convert_to_packed",
     "create_model",
+    "export_checkpoint",
+    "export_packed",
     "get_modes",
     "get_quantizer",
     "list_models",
+    "load_packed",
     "set_mode",
     "set_quantizers",
     "summary",
