@@ -1,6 +1,12 @@
 """bnn-lightning: train binarized neural networks with PyTorch Lightning."""
 
 from bnn_lightning.callbacks import ActivationCurriculum, BNNDiagnostics, StageHandoff, WeightClip
+from bnn_lightning.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    ImageFolderDataModule,
+    Lighting,
+)
 from bnn_lightning.export import (
     ExportReport,
     PackedFormatError,
@@ -50,10 +56,14 @@ __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
     "BinaryResNet",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "CenterLoss",
     "Clamp",
     "ExportReport",
+    "ImageFolderDataModule",
     "LeakyClip",
+    "Lighting",
     "MagnitudeAwareSign",
     "ModelSummary",
     "PackedBinaryConv2d",

@@ -1,0 +1,130 @@
+"""CIFAR-10 / CIFAR-100 DataModules on torchvision's datasets, with the seed's augmentation.
+
+Validation uses the official test split, or with ``val_size`` a split carved from the 50,000
+training images by ``seed`` (the test split then stays for ``test``). With ``in_memory`` the
+training images are served from torchvision's uint8 array with batch-level augmentation
+(:class:`~bnn_lightning.data.memory.BatchAugment`), the fast path for CPU training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from bnn_lightning.data.base import ImageDataModule, TransformSubset, split_indices
+from bnn_lightning.data.memory import BatchAugment, BatchCollate, BatchNormalize, TensorImageDataset
+from bnn_lightning.data.transforms import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    cifar_train_transform,
+    eval_transform,
+)
+
+__all__ = ["CIFAR10DataModule", "CIFAR100DataModule"]
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 (torchvision) with RandomCrop(32, 4), flip, RandomRotation, optional AutoAugment.
+
+    Args:
+        root: folder that holds (or will hold, with ``download``) ``cifar-10-batches-py``.
+        download: download the dataset in :meth:`prepare_data` if it is missing.
+        val_size: images carved from train for validation (count or fraction); 0 validates on
+            the official test split.
+        rotation: RandomRotation range in degrees (0 turns it off).
+        padding: RandomCrop padding.
+        autoaugment: add AutoAugment with the CIFAR-10 policy.
+        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed; see
+            :class:`~bnn_lightning.data.base.ImageDataModule`.
+    """
+
+    dataset_cls: type[CIFAR10] = CIFAR10
+    folder = "cifar-10-batches-py"
+    num_classes = 10
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        val_size: int | float = 0,
+        rotation: float = 15.0,
+        padding: int = 4,
+        autoaugment: bool = False,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        in_memory: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
+            cutmix_alpha, seed,
+        )  # fmt: skip
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.download = download
+        self.val_size = val_size
+        self.rotation, self.padding, self.autoaugment = rotation, padding, autoaugment
+
+    def _check_exists(self) -> None:
+        if not (self.root / self.folder).is_dir():
+            name = self.dataset_cls.__name__
+            raise FileNotFoundError(
+                f"{name} not found: expected {self.root / self.folder}; set download: true to "
+                "fetch it, or use ImageFolderDataModule with root pointing at an image folder or "
+                ".tar.gz archive (e.g. cifar10-jpeg-train.tar.gz)."
+            )
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                self.dataset_cls(str(self.root), train=train, download=True)
+        self._check_exists()
+
+    def build_datasets(self) -> None:
+        self._check_exists()
+        train = self.dataset_cls(str(self.root), train=True)
+        test = self.dataset_cls(str(self.root), train=False)
+        if self.val_size:
+            train_idx, val_idx = split_indices(len(train), self.val_size, self.seed)
+            self.val_set = self._subset(train, val_idx, train=False)
+        else:
+            train_idx = list(range(len(train)))
+            self.val_set = self._subset(test, None, train=False)
+        self.train_set = self._subset(train, train_idx, train=True)
+        self.test_set = self._subset(test, None, train=False)
+        if self.in_memory:
+            augment = BatchAugment(self.padding, self.rotation, autoaugment=self.autoaugment)
+            self.train_collate = BatchCollate(augment, BatchNormalize(self.mean, self.std))
+            self.eval_collate = BatchCollate(BatchNormalize(self.mean, self.std))
+
+    def _subset(self, dataset: CIFAR10, indices: list[int] | None, train: bool) -> Dataset:
+        if self.in_memory:
+            rows = list(range(len(dataset))) if indices is None else indices
+            images = torch.from_numpy(dataset.data[rows]).permute(0, 3, 1, 2).contiguous()
+            return TensorImageDataset(images, [dataset.targets[i] for i in rows])
+        if train:
+            tf = cifar_train_transform(
+                self.mean, self.std, 32, self.padding, self.rotation, self.autoaugment
+            )
+        else:
+            tf = eval_transform(self.mean, self.std, image_size=32)
+        return TransformSubset(dataset, indices, tf)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (torchvision), the seed's CIFAR recipe dataset; arguments as CIFAR-10's."""
+
+    dataset_cls = CIFAR100
+    folder = "cifar-100-python"
+    num_classes = 100
+    mean, std = CIFAR100_MEAN, CIFAR100_STD
