@@ -123,7 +123,7 @@ def build_net(config: Mapping[str, Any]) -> nn.Module:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "net", fail_untyped=False)
     parsed = parser.parse_object({"net": dict(config.get("init_args") or {})})
-    return parser.instantiate_classes(parsed).net
+    return parser.instantiate(parsed).net
 
 
 def net_from_checkpoint(path: str | Path) -> nn.Module:

@@ -118,7 +118,7 @@ class BNNClassifier(LightningModule):
         self._student_hooks = FeatureHooks(net, list(self.feature_pairs))
         self._teacher: list[nn.Module] = []
         self._teacher_hooks: FeatureHooks | None = None
-        self._teacher_spec = teacher
+        self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
         self.init_from = init_from
         if isinstance(teacher, nn.Module):
@@ -188,9 +188,9 @@ class BNNClassifier(LightningModule):
             return
         if self.init_from is not None and self.trainer.ckpt_path is None:
             load_net_weights(self.net, self.init_from)
-        if isinstance(self._teacher_spec, str) and self.teacher is None:
+        if self._teacher_path is not None and self.teacher is None:
             num_classes = self.num_classes
-            self.set_teacher(load_teacher(self._teacher_spec, self._teacher_weights, num_classes))
+            self.set_teacher(load_teacher(self._teacher_path, self._teacher_weights, num_classes))
 
     def on_fit_start(self) -> None:
         """Move the teacher to the device (and dtype) the strategy put the net on."""
