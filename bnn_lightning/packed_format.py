@@ -118,7 +118,8 @@ def _payload(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
             del state[f"{name}.weight"]
         layers[name] = entry
     for key, value in state.items():
-        tensors[key] = value.to(torch.float32) if value.is_floating_point() else value.clone()
+        dtype = torch.float32 if value.is_floating_point() else value.dtype
+        tensors[key] = value.to(dtype, memory_format=torch.contiguous_format, copy=True)
     return tensors, layers
 
 
@@ -129,6 +130,16 @@ def _checksum(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _normalization(
+    mean: Sequence[float] | None, std: Sequence[float] | None
+) -> dict[str, list[float]] | None:
+    if (mean is None) != (std is None):
+        raise ValueError(f"Give both mean and std (or neither), got mean={mean}, std={std}.")
+    if mean is None or std is None:
+        return None
+    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 
 def export_packed(
@@ -148,7 +159,8 @@ def export_packed(
         extras: JSON-serializable values added to the manifest under ``extras``.
 
     Raises:
-        ValueError: The model has no plain ``init_args`` to rebuild it from.
+        ValueError: The model has no plain ``init_args`` to rebuild it from, only one of
+            ``mean`` / ``std`` is given, or ``extras`` is not JSON-serializable.
     """
     from bnn_lightning import __version__
 
@@ -166,14 +178,18 @@ def export_packed(
         "bit_order": BIT_ORDER,
         "model": config,
         "num_classes": config["init_args"].get("num_classes", getattr(model, "num_classes", None)),
-        "normalization": None if mean is None else {"mean": list(mean), "std": list(std or [])},
+        "normalization": _normalization(mean, std),
         "layers": layers,
         "extras": dict(extras or {}),
         "sha256": _checksum(tensors),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", META_KEY: json.dumps(manifest)})
+    try:
+        text = json.dumps(manifest)
+    except TypeError as err:
+        raise ValueError(f"The manifest must be JSON-serializable ({err}); check extras.") from err
+    save_file(tensors, str(path), metadata={"format": "pt", META_KEY: text})
     return path
 
 

@@ -261,9 +261,24 @@ def test_newer_format_version_is_rejected(tmp_path: Path) -> None:
     _assert_one_line_error(path, "format version 99")
 
 
-def test_float_model_without_init_args_cannot_be_exported(tmp_path: Path) -> None:
+def test_export_rejects_what_it_cannot_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no plain init_args"):
         export_packed(nn.Linear(3, 2), tmp_path / "m.bnn")
+    with pytest.raises(ValueError, match="both mean and std"):
+        export_packed(_tiny(), tmp_path / "m.bnn", mean=[0.5] * 3)
+    with pytest.raises(ValueError, match="JSON-serializable"):
+        export_packed(_tiny(), tmp_path / "m.bnn", extras={"x": object()})
+
+
+def test_channels_last_model_exports_and_reloads(tmp_path: Path) -> None:
+    model = _tiny().to(memory_format=torch.channels_last)  # non-contiguous 4-D tensors
+    loaded = load_packed(export_packed(model, tmp_path / "m.bnn"))
+    # The effective binary weights are bit-exact (their scale too: mean|w| summed in the order
+    # of the channels_last layout); convs in another memory format may round differently.
+    for (name, layer), (_, copy) in zip(binary_layers(model), binary_layers(loaded), strict=True):
+        assert torch.equal(copy.quantized_weight(), layer.quantized_weight()), name
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 # --- size accounting ---------------------------------------------------------------------------
