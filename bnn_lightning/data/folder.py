@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from torchvision.transforms import v2
+
 from bnn_lightning.data.archive import (
     archive_classes,
     default_cache_dir,
@@ -224,8 +226,15 @@ class ImageFolderDataModule(ImageDataModule):
         if self.pipeline == "cifar":
             if self.in_memory:
                 return None
-            return cifar_train_transform(
-                self.mean, self.std, self.image_size, self.padding, self.rotation, self.autoaugment
+            size = self.image_size
+            return v2.Compose(
+                [
+                    v2.Resize(size, antialias=True),  # a no-op for images of the right size
+                    v2.CenterCrop(size),
+                    cifar_train_transform(
+                        self.mean, self.std, size, self.padding, self.rotation, self.autoaugment
+                    ),
+                ]
             )
         return imagenet_train_transform(
             self.mean, self.std, self.image_size, self.train_crop, self.color_jitter, self.lighting

@@ -105,7 +105,7 @@ class BatchAugment(nn.Module):
             cos, sin = angle.cos(), angle.sin()
             cy, cx = (h - 1) / 2, (w - 1) / 2
             y, x = y - cy, x - cx
-            y, x = (cos * y - sin * x + cy).round(), (sin * y + cos * x + cx).round()
+            y, x = (cos * y + sin * x + cy).round(), (cos * x - sin * y + cx).round()
         inside = (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
         x = torch.where(flip, w - 1 - x, x)
         width = w + 2 * p

@@ -8,7 +8,7 @@ Per-image pipelines (PIL image or uint8 tensor in, normalized float CHW tensor o
   alternative Resize(256) + RandomCrop(224), flip, switchable ColorJitter(0.4, 0.4, 0.4, 0.1),
   ``Lighting(0.1)``, normalize.
 - :func:`eval_transform`: Resize(int(size * ratio)) + CenterCrop(size), normalize (the seed uses a
-  ratio of 1.15 or 1.35 on ImageNet; CIFAR uses ratio 1, i.e. no resize).
+  ratio of 1.15 or 1.35 on ImageNet; CIFAR uses ratio 1).
 
 Per-batch: :func:`batch_mix` builds MixUp / CutMix (soft targets) for a training batch.
 """
@@ -112,14 +112,15 @@ class ColorJitterSwitch(nn.Module):
 
     The flag lives in a shared-memory tensor created with the transform (before workers start),
     so :meth:`set_enabled` in the main process reaches running (also persistent) workers.
+    Arguments are those of ``v2.ColorJitter`` (the seed's 0.4, 0.4, 0.4, 0.1 by default).
     """
 
     def __init__(
         self,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.4,
-        hue: float = 0.1,
+        brightness: float | tuple[float, float] = 0.4,
+        contrast: float | tuple[float, float] = 0.4,
+        saturation: float | tuple[float, float] = 0.4,
+        hue: float | tuple[float, float] = 0.1,
         enabled: bool = True,
     ) -> None:
         super().__init__()
@@ -207,11 +208,17 @@ def imagenet_train_transform(
 def eval_transform(
     mean: Sequence[float], std: Sequence[float], image_size: int, ratio: float = 1.0
 ) -> v2.Compose:
-    """Resize(int(image_size * ratio)) + CenterCrop(image_size), normalize; ratio 1 skips both."""
-    steps: list[Callable] = []
-    if ratio != 1.0:
-        steps = [v2.Resize(int(image_size * ratio), antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(steps + _to_normalized(mean, std))
+    """Resize(int(image_size * ratio)) + CenterCrop(image_size), then normalize.
+
+    With ratio 1 images already ``image_size`` square pass through unchanged (CIFAR).
+    """
+    return v2.Compose(
+        [
+            v2.Resize(int(image_size * ratio), antialias=True),
+            v2.CenterCrop(image_size),
+            *_to_normalized(mean, std),
+        ]
+    )
 
 
 def batch_mix(
