@@ -5,6 +5,7 @@ from bnn_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from bnn_lightning.data.folder import ImageFolderDataModule
 from bnn_lightning.data.images import CorruptImageError
 from bnn_lightning.data.memory import BatchAugment, TensorImageDataset
+from bnn_lightning.data.resumable import ResumableDataLoader
 from bnn_lightning.data.transforms import (
     ColorJitterSwitch,
     Lighting,
@@ -23,6 +24,7 @@ __all__ = [
     "ImageDataModule",
     "ImageFolderDataModule",
     "Lighting",
+    "ResumableDataLoader",
     "TensorImageDataset",
     "batch_mix",
     "cifar_train_transform",

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from bnn_lightning.data.resumable import ResumableDataLoader
 from bnn_lightning.data.transforms import ColorJitterSwitch, batch_mix
 
 __all__ = ["ImageDataModule", "TransformSubset", "split_indices"]
@@ -56,8 +57,8 @@ class ImageDataModule(L.LightningDataModule):
 
     Args:
         batch_size: global batch size, divided by ``trainer.world_size`` in :meth:`setup`.
-        num_workers: DataLoader workers; None picks 0 with ``in_memory`` (batch augmentation in
-            the main process is cheap) and ``min(4, cpu count)`` otherwise.
+        num_workers: DataLoader workers; None picks 0 with ``in_memory`` batch augmentation
+            (cheap enough for the main process) and ``min(4, cpu count)`` otherwise.
         pin_memory: None pins when CUDA is available.
         persistent_workers: keep workers alive between epochs.
         in_memory: serve images from a uint8 tensor with batch-level tensor augmentation.
@@ -126,7 +127,8 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for data.")
-        return DataLoader(
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(
             dataset,
             batch_size=self.per_device_batch_size,
             shuffle=train,

@@ -14,6 +14,7 @@ test_resize_ratio)`` for ``imagenet``: shorter side resized, center square kept)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -113,6 +114,8 @@ class ImageFolderDataModule(ImageDataModule):
         cutmix_alpha: float = 0.0,
         seed: int = 0,
     ) -> None:
+        if num_workers is None and in_memory and pipeline != "cifar":
+            num_workers = min(4, os.cpu_count() or 1)  # per-image transforms: use workers
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
             cutmix_alpha, seed,

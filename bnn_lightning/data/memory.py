@@ -134,15 +134,22 @@ class BatchAugment(nn.Module):
 class BatchCollate:
     """Collate ``(image, target)`` pairs into a batch, then run batch transforms on the images.
 
-    Picklable, so it also runs inside DataLoader workers.
+    The transforms run on one torch thread (restored afterwards): these are small tensor ops, and
+    on a busy CPU OpenMP's fan-out over two threads made them 3-30x slower in the main process
+    (measured in ``benchmarks/bench_data.py``). Picklable, so it also runs in DataLoader workers.
     """
 
     def __init__(self, *transforms: Callable[[Tensor], Tensor]) -> None:
         self.transforms = transforms
 
     def __call__(self, samples: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-        images = torch.stack([img for img, _ in samples])
-        targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
-        for transform in self.transforms:
-            images = transform(images)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            images = torch.stack([img for img, _ in samples])
+            targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
+            for transform in self.transforms:
+                images = transform(images)
+        finally:
+            torch.set_num_threads(threads)
         return images, targets
