@@ -22,6 +22,7 @@ from typing import Literal
 from torchvision.transforms import v2
 
 from bnn_lightning.data.archive import (
+    ARCHIVE_SUFFIXES,
     archive_classes,
     default_cache_dir,
     extract_archive,
@@ -127,11 +128,8 @@ class ImageFolderDataModule(ImageDataModule):
         self.subdir = subdir
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.val_size, self.pipeline, self.image_size = val_size, pipeline, image_size
-        self.train_crop, self.test_resize_ratio, self.lighting = (
-            train_crop,
-            test_resize_ratio,
-            lighting,
-        )
+        self.train_crop, self.test_resize_ratio = train_crop, test_resize_ratio
+        self.lighting = lighting
         self.rotation, self.padding, self.autoaugment = rotation, padding, autoaugment
         self.skip_corrupt = skip_corrupt
         cifar = pipeline == "cifar"
@@ -152,6 +150,11 @@ class ImageFolderDataModule(ImageDataModule):
             raise FileNotFoundError(
                 f"ImageFolder root {self.root} does not exist; point root at a folder holding "
                 "train/<class>/<image> (and optionally val/) or at a .tar.gz of one."
+            )
+        if self.root.is_file() and not is_archive(self.root):
+            raise ValueError(
+                f"ImageFolder root {self.root} is a file but not a {'/'.join(ARCHIVE_SUFFIXES)} "
+                "archive; point root at a folder or at such an archive."
             )
         if is_archive(self.root) and not self.data_path.is_dir():
             return archive_classes(self.root, self.subdir)
@@ -177,11 +180,11 @@ class ImageFolderDataModule(ImageDataModule):
             )
         split_root = find_split_root(self.data_path, self.subdir)
         classes, train = list_split(split_root / "train")
-        check_same_classes(self.classes, classes, split_root)
+        check_same_classes(self.classes, f"{self.root} at init", classes, split_root / "train")
         splits = [(train, f"{split_root.name}/train")]
         if (split_root / "val").is_dir():
             val_classes, val = list_split(split_root / "val")
-            check_same_classes(classes, val_classes, split_root)
+            check_same_classes(classes, split_root / "train", val_classes, split_root / "val")
             splits.append((val, f"{split_root.name}/val"))
         return splits
 

@@ -64,14 +64,17 @@ def list_split(split_dir: Path) -> tuple[list[str], list[Sample]]:
     return classes, samples
 
 
-def check_same_classes(train: Sequence[str], val: Sequence[str], root: Path) -> None:
-    """Raise when ``val/`` and ``train/`` under ``root`` have different class folders."""
-    if list(train) != list(val):
-        only_train = sorted(set(train) - set(val))
-        only_val = sorted(set(val) - set(train))
+def check_same_classes(
+    reference: Sequence[str], reference_dir: Path | str, found: Sequence[str], found_dir: Path
+) -> None:
+    """Raise when the class folders ``found`` in ``found_dir`` differ from ``reference``."""
+    if list(reference) != list(found):
+        missing = sorted(set(reference) - set(found))
+        extra = sorted(set(found) - set(reference))
         raise ValueError(
-            f"The class folders of {root}/val differ from {root}/train (only in train: "
-            f"{only_train[:5]}, only in val: {only_val[:5]}); both splits need the same classes."
+            f"The class folders of {found_dir} differ from {reference_dir} (only in "
+            f"{reference_dir}: {missing[:5]}, only in {found_dir}: {extra[:5]}); both need the "
+            "same classes."
         )
 
 

@@ -213,6 +213,9 @@ def test_missing_root_says_where_and_how(tmp_path: Path) -> None:
         folder_dm(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="No train/ folder found"):
         folder_dm(tmp_path)
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(ValueError, match=r"data\.zip is a file but not a \.tar\.gz/"):
+        folder_dm(tmp_path / "data.zip")
 
 
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
@@ -226,7 +229,7 @@ def test_val_classes_must_match_train(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree")
     write_image(root / "val" / "dog" / "0.jpg")
     dm = folder_dm(root)
-    with pytest.raises(ValueError, match=r"only in val: \['dog'\]"):
+    with pytest.raises(ValueError, match=r"tree/val differ from .*tree/train .*val: \[.dog.\]"):
         dm.setup("fit")
 
 
