@@ -1,0 +1,201 @@
+"""Binary vs float: the cost of the quantizers in time and in peak memory.
+
+1. A stack of ``BN -> BinaryConv2d(3x3)`` layers, forward + backward, with the quantizers on
+   (``binary``) and off (``float``, the same modules: ``conv2d`` on the raw input and weight).
+2. One training step (forward, cross-entropy, backward, Adam) of the default binary ResNet-18
+   (CIFAR stem, width 64) against the same network with quantizers off, in fp32 eager and in
+   bf16 autocast + channels_last.
+
+Time is the median of several repeats after a warm-up, binary and float interleaved so that load
+from other processes hits both alike; the spread is the min-max range. Memory is the peak of the
+bytes allocated during one step (activations kept for backward in whatever dtype they are saved,
+gradients, temporaries; the model, the input and Adam's state exist before and are not counted),
+tracked op by op with a ``TorchDispatchMode``: exact and deterministic, unlike RSS on a shared
+machine. Targets: binary <= 1.10x the float time, no more memory.
+
+``python benchmarks/bench_binary_vs_float.py [--quick]`` prints the result as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from bnn_lightning.layers import BinaryConv2d, set_mode
+from bnn_lightning.models import create_model
+
+Step = Callable[[], None]
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of the storages allocated while active (the live ones at the worst moment).
+
+    Every aten op's outputs pass through here, below autograd and autocast, so the activations
+    kept for backward (whatever dtype a saved-tensor hook packs them in), gradients and
+    temporaries are all seen. A storage counts from the op that creates it until it is freed
+    (a weakref finalizer); outputs that alias an input (views, in-place ops) are not new.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = tree_flatten((args, kwargs))[0]
+        seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, Tensor) or t.untyped_storage().data_ptr() in seen:
+                continue
+            storage = t.untyped_storage()
+            seen.add(storage.data_ptr())
+            self.live += storage.nbytes()
+            weakref.finalize(storage, self._free, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def peak_bytes(step: Step) -> int:
+    """Peak memory allocated during one call of ``step`` (run it once before: Adam's state)."""
+    with PeakMemory() as tracker:
+        step()
+    return tracker.peak
+
+
+def median_seconds(steps: dict[str, Step], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall time of each step, ``warmup`` untimed then ``repeats`` timed rounds, interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _row(setting: str, mode: str, times: list[float], memory: int, work: int) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {
+        "setting": setting,
+        "mode": mode,
+        "median_ms": 1e3 * median,
+        "spread_ms": f"{1e3 * min(times):.0f}-{1e3 * max(times):.0f}",
+        "items_per_s": work / median,
+        "peak_MB": memory / 2**20,
+    }
+
+
+def _compare(setting: str, steps: dict[str, Step], work: int, repeats: int) -> list[dict[str, Any]]:
+    times = median_seconds(steps, repeats)
+    memory = {name: peak_bytes(step) for name, step in steps.items()}
+    rows = [_row(setting, name, times[name], memory[name], work) for name in steps]
+    rows[0]["time_ratio"] = rows[0]["median_ms"] / rows[1]["median_ms"]
+    rows[0]["memory_ratio"] = rows[0]["peak_MB"] / rows[1]["peak_MB"]
+    return rows
+
+
+def conv_stack(depth: int, channels: int) -> nn.Sequential:
+    """``depth`` x (BatchNorm -> binary 3x3 conv)."""
+    return nn.Sequential(
+        *(
+            nn.Sequential(nn.BatchNorm2d(channels), BinaryConv2d(channels, channels, 3, padding=1))
+            for _ in range(depth)
+        )
+    )
+
+
+def stack_rows(quick: bool) -> list[dict[str, Any]]:
+    """Forward + backward of 8 x (BN -> binary 3x3 conv), 64 channels, 32x32, batch 64."""
+    batch, repeats = (16, 3) if quick else (64, 7)
+    x = torch.randn(batch, 64, 32, 32)
+    models = {"binary": conv_stack(8, 64), "float": conv_stack(8, 64)}
+    models["float"].load_state_dict(models["binary"].state_dict())
+    set_mode(models["float"], "float")
+
+    def step(model: nn.Module) -> Step:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            model(x).mean().backward()
+
+        return run
+
+    steps = {name: step(model) for name, model in models.items()}
+    setting = f"8x(BN, conv3x3 64ch) 32x32 batch {batch} fwd+bwd"
+    return _compare(setting, steps, batch, repeats)
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Step:
+    """One Adam step on ``(x, y)``, in bf16 autocast when asked."""
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+def resnet_rows(quick: bool) -> list[dict[str, Any]]:
+    """Training step of the default binary ResNet-18 (CIFAR stem) vs quantizers off."""
+    batch, repeats = (16, 2) if quick else (128, 3)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    rows = []
+    for bf16 in (False, True):
+        fmt = torch.channels_last if bf16 else torch.contiguous_format
+        models = {
+            mode: create_model("resnet18_cifar", num_classes=10, mode=mode).to(memory_format=fmt)
+            for mode in ("binary", "float")
+        }
+        xs = x.to(memory_format=fmt)
+        steps = {name: train_step(m, xs, y, bf16) for name, m in models.items()}
+        setting = f"ResNet-18 cifar w64 batch {batch} train step, " + (
+            "bf16 autocast + channels_last" if bf16 else "fp32 eager"
+        )
+        rows += _compare(setting, steps, batch, repeats)
+    return rows
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Both comparisons; ``quick`` shrinks the batches and repeats."""
+    torch.manual_seed(0)
+    rows = stack_rows(quick) + resnet_rows(quick)
+    return {
+        "title": "Binary vs float: time and peak memory of a training step (CPU)",
+        "rows": rows,
+        "notes": __doc__.split("\n\n")[2].replace("\n", " ") if __doc__ else "",
+        "plot": {
+            "label": "binary / float time",
+            "values": {r["setting"]: r["time_ratio"] for r in rows if "time_ratio" in r},
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
