@@ -77,7 +77,8 @@ class BNNDiagnostics(Callback):
         if not self._counts:
             return {}
         names = list(self._counts)
-        counts = trainer.strategy.reduce(torch.stack([self._counts[n] for n in names]), "sum")
+        stacked = torch.stack([self._counts[n] for n in names])
+        counts = trainer.strategy.reduce(stacked, reduce_op="sum")
         self._counts = {}
         metrics = {}
         for name, (positive, saturated, numel) in zip(names, counts.float(), strict=True):

@@ -26,7 +26,8 @@ class Strategy:
     def setup_optimizers(self, trainer: Any) -> None:
         self.optimizers = [self.module.configure_optimizers()]
 
-    def reduce(self, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+    def reduce(self, tensor: torch.Tensor, group: Any = None, reduce_op: str = "mean") -> Any:
+        assert reduce_op == "sum" and group is None
         return tensor
 
 
