@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnn_lightning.models.resnet import (
-    ARCHS,
+from bnn_lightning.models.blocks import (
     DOWNSAMPLE,
     STEM_ORDERS,
     STEMS,
     BasicBlock,
-    BinaryResNet,
     BlockOptions,
     Bottleneck,
     make_downsample,
     make_stem,
 )
+from bnn_lightning.models.resnet import ARCHS, BinaryResNet
 
 __all__ = [
     "ARCHS",
