@@ -251,6 +251,14 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path, in_memory: bool, capl
     assert "Skipped 1 corrupt image(s)" in caplog.text
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_images_of_any_mode_load_as_rgb(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("img.jpg" if mode == "CMYK" else "img.png")
+    write_image(path, mode=mode)
+    img = images_module.load_rgb(str(path))
+    assert img.mode == "RGB" and img.size == (20, 20)
+
+
 def test_unknown_pipeline_and_bad_val_size(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree")
     with pytest.raises(ValueError, match="Unknown pipeline 'vit'"):
