@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from bnn_lightning.checkpoints import is_plain
 from bnn_lightning.layers import Mode, get_modes, set_mode
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.quantizers import QuantizerSpec
@@ -85,7 +86,10 @@ class StageHandoff(Callback):
                 self._teacher.load_state_dict(teacher_state)
             module.set_teacher(self._teacher)
         set_mode(module.net, self.mode, self.activation, self.weight)
-        module.update_net_config(mode=self.mode)
+        quantizers = {"activation_quantizer": self.activation, "weight_quantizer": self.weight}
+        module.update_net_config(
+            mode=self.mode, **{k: v for k, v in quantizers.items() if is_plain(v)}
+        )
         if self.loss_weights:
             module.set_loss_weights(**self.loss_weights)
         module.lr, module.weight_decay = self.lr, self.weight_decay
