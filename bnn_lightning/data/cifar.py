@@ -8,6 +8,7 @@ training images are served from torchvision's uint8 array with batch-level augme
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ class CIFAR10DataModule(ImageDataModule):
     """CIFAR-10 (torchvision) with RandomCrop(32, 4), flip, RandomRotation, optional AutoAugment.
 
     Args:
-        root: folder that holds (or will hold, with ``download``) ``cifar-10-batches-py``.
+        root: folder that holds (or will hold, with ``download``) ``cifar-10-batches-py``
+            (``$VARS`` and ``~`` are expanded).
         download: download the dataset in :meth:`prepare_data` if it is missing.
         val_size: images carved from train for validation (count or fraction); 0 validates on
             the official test split.
@@ -70,7 +72,7 @@ class CIFAR10DataModule(ImageDataModule):
             cutmix_alpha, seed,
         )  # fmt: skip
         self.save_hyperparameters()
-        self.root = Path(root).expanduser()
+        self.root = Path(os.path.expandvars(root)).expanduser()
         self.download = download
         self.val_size = val_size
         self.rotation, self.padding, self.autoaugment = rotation, padding, autoaugment

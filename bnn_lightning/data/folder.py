@@ -61,7 +61,8 @@ class ImageFolderDataModule(ImageDataModule):
     """Any ``train/`` (+ ``val/``) ImageFolder tree, as a folder or a ``.tar.gz`` archive.
 
     Args:
-        root: the tree's folder, or a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive of it.
+        root: the tree's folder, or a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive of it
+            (``$VARS`` and ``~`` are expanded, e.g. ``$BNN_DATA_DIR/imagenette-224.tar.gz``).
         subdir: path inside ``root`` (or the extracted archive) of the folder holding ``train/``;
             None finds it by descending through single sub-folders.
         cache_dir: where archives are extracted and ``in_memory`` tensors cached; None uses
@@ -124,9 +125,10 @@ class ImageFolderDataModule(ImageDataModule):
         self.save_hyperparameters()
         if pipeline not in ("imagenet", "cifar"):
             raise ValueError(f"Unknown pipeline {pipeline!r}; use 'imagenet' or 'cifar'.")
-        self.root = Path(root).expanduser()
+        self.root = Path(os.path.expandvars(root)).expanduser()
         self.subdir = subdir
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        cache = Path(os.path.expandvars(cache_dir)).expanduser() if cache_dir else None
+        self.cache_dir = cache or default_cache_dir()
         self.val_size, self.pipeline, self.image_size = val_size, pipeline, image_size
         self.train_crop, self.test_resize_ratio = train_crop, test_resize_ratio
         self.lighting = lighting

@@ -77,6 +77,14 @@ def test_folder_num_classes_before_setup_and_val_folder_split(tmp_path: Path) ->
     assert val_images.shape == (6, 3, 16, 16)
 
 
+def test_root_and_cache_dir_expand_environment_variables(tmp_path: Path, monkeypatch) -> None:
+    make_tree(tmp_path / "tree")
+    monkeypatch.setenv("TOY_DATA", str(tmp_path))
+    dm = ImageFolderDataModule("$TOY_DATA/tree", cache_dir="${TOY_DATA}/cache")
+    assert dm.root == tmp_path / "tree" and dm.cache_dir == tmp_path / "cache"
+    assert CIFAR10DataModule(root="$TOY_DATA/c10").root == tmp_path / "c10"
+
+
 def test_folder_carves_seeded_validation_split(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "tree", val=False)
     a, b, c = (folder_dm(root, val_size=6, seed=s) for s in (0, 0, 1))
