@@ -1,15 +1,259 @@
-"""Command-line entry point (placeholder until the CLI issue lands)."""
+"""The ``bnn`` command: a LightningCLI with the project's defaults, links and two extra subcommands.
+
+.. code-block:: bash
+
+    bnn fit --config configs/cifar100/base.yaml --config configs/cifar100/stage1.yaml
+    bnn fit --config configs/cifar100/base.yaml --config configs/cifar100/stage1.yaml \
+        --ckpt_path last
+    bnn summary --config configs/imagenet/base.yaml --config configs/imagenet/one_stage.yaml
+    bnn export --config configs/cifar10/quickstart.yaml --ckpt_path last
+
+What it adds to plain LightningCLI:
+
+- ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
+- A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
+  in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
+- A ``WandbLogger`` without its ``save_dir`` writes under ``trainer.default_root_dir``; it runs
+  offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
+  Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
+- ``channels_last`` and ``compile`` speed switches for the network.
+- ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
+  writes a checkpoint's network with 1-bit packed weights
+  (:func:`bnn_lightning.export.export_checkpoint`).
+- After ``fit`` it prints the final validation metrics, the layer modes and the wall time.
+"""
 
 from __future__ import annotations
 
-import sys
+import os
+import time
+from pathlib import Path
+from typing import Any
 
-from bnn_lightning import __version__
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from bnn_lightning.data.base import ImageDataModule
+from bnn_lightning.export import ExportReport, export_checkpoint
+from bnn_lightning.layers import Mode, get_modes
+from bnn_lightning.module import BNNClassifier
+from bnn_lightning.summary import ModelSummary, summary
+
+__all__ = ["BNNCLI", "BNNTrainer", "LoggerSaveConfigCallback", "input_size", "main"]
+
+WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+_SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
+
+
+def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
+    """``(3, H, W)`` of the datamodule's images (``image_size``, else CIFAR's 32)."""
+    side = int(getattr(datamodule, "image_size", 32))
+    return (3, side, side)
+
+
+class BNNTrainer(Trainer):
+    """Lightning's ``Trainer`` plus the ``summary`` and ``export`` subcommands of ``bnn``."""
+
+    def summary(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        image_size: int | None = None,
+    ) -> ModelSummary:
+        """Print the bits, BOPs and FLOPs of the configured network, layer by layer.
+
+        Args:
+            model: The module whose ``net`` is summarized.
+            datamodule: Gives the input size when ``image_size`` is not set.
+            image_size: Side of the square input image.
+        """
+        size = (3, image_size, image_size) if image_size else input_size(datamodule)
+        result = summary(getattr(model, "net", model), size)
+        print(result)
+        return result
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        output: str | None = None,
+        mode: Mode | None = None,
+    ) -> ExportReport:
+        """Write a checkpoint's network with 1-bit packed weights and print the file sizes.
+
+        Args:
+            model: The configured module; the checkpoint's weights are loaded into its ``net``.
+            datamodule: Its ``mean`` / ``std`` are recorded in the file.
+            ckpt_path: The checkpoint to export (``last`` = the run's ``last.ckpt``).
+            output: The packed file; defaults to the checkpoint path with suffix ``.bnn``.
+            mode: Put the binary layers in this mode before exporting (e.g. ``binary``).
+        """
+        if ckpt_path is None:
+            raise ValueError("export needs --ckpt_path: a checkpoint file, or last / best.")
+        path = self._resolve_checkpoint(ckpt_path)
+        report = export_checkpoint(
+            path,
+            output or path.with_suffix(".bnn"),
+            net=getattr(model, "net", model),
+            mode=mode,
+            mean=getattr(datamodule, "mean", None),
+            std=getattr(datamodule, "std", None),
+            input_size=input_size(datamodule),
+        )
+        print(report)
+        return report
+
+    def _resolve_checkpoint(self, ckpt_path: str) -> Path:
+        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint``; else a path."""
+        callback = self.checkpoint_callback
+        if ckpt_path in ("last", "best") and isinstance(callback, ModelCheckpoint):
+            folder = Path(callback.dirpath or self.default_root_dir)
+            found = sorted(folder.glob(f"{ckpt_path}*.ckpt"), key=os.path.getmtime)
+            if not found:
+                raise FileNotFoundError(
+                    f"No {ckpt_path}*.ckpt in {folder}; train first or pass a checkpoint path."
+                )
+            return found[-1]
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"Checkpoint {ckpt_path} does not exist; check --ckpt_path.")
+        return Path(ckpt_path)
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save ``config.yaml`` next to the logs; send the config and the model summary to loggers."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.loggers:
+            return
+        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        net = getattr(pl_module, "net", pl_module)
+        totals = summary(net, input_size(getattr(trainer, "datamodule", None))).to_dict()
+        model_summary = {f"model_summary/{k}": totals[k] for k in _SUMMARY_KEYS if k in totals}
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config, **model_summary})
+
+
+def wandb_has_api_key() -> bool:
+    """True when ``WANDB_API_KEY`` is set or ``~/.netrc`` holds W&B credentials."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
+        return netrc.netrc().authenticators(host.rstrip("/")) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class BNNCLI(LightningCLI):
+    """LightningCLI for :class:`~bnn_lightning.BNNClassifier` and the project's DataModules.
+
+    Args:
+        args: Command-line arguments (None reads ``sys.argv``), e.g. ``["fit", "--config", ...]``.
+        run: Run the subcommand (False only parses and instantiates).
+        **kwargs: More :class:`~lightning.pytorch.cli.LightningCLI` arguments.
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        self.start_time = time.perf_counter()
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"description": __doc__.split("\n")[0]})
+        super().__init__(
+            BNNClassifier,
+            ImageDataModule,
+            trainer_class=BNNTrainer,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's four plus ``summary`` and ``export``."""
+        skip = {"model", "datamodule"}
+        return {**LightningCLI.subcommands(), "summary": skip, "export": skip}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments(
+            "data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc_top1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument(
+            "--channels_last", type=bool, default=False, help="Run the net in channels_last."
+        )
+        parser.add_argument(
+            "--compile", type=bool, default=False, help="torch.compile the net (in place)."
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Put checkpoints and W&B files under ``trainer.default_root_dir``; pick the W&B mode."""
+        config = self.config.get(str(self.subcommand), self.config)
+        root = Path(config.trainer.default_root_dir or "runs")
+        config.trainer.default_root_dir = str(root)
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(root / "checkpoints")
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, Namespace) and logger.get("class_path") == WANDB_LOGGER:
+                self._configure_wandb(logger, root)
+
+    @staticmethod
+    def _configure_wandb(logger: Namespace, root: Path) -> None:
+        """Offline without an API key; a CSVLogger in the same place when W&B is disabled."""
+        init = logger.init_args
+        if init.get("save_dir") in (None, "."):
+            init.save_dir = str(root)
+        if os.environ.get("WANDB_MODE") == "disabled":
+            name = init.get("name") or "csv"
+            logger.class_path = CSV_LOGGER
+            logger.init_args = Namespace(save_dir=init.save_dir, name=name)
+            return
+        if not init.get("offline") and not wandb_has_api_key():
+            os.environ.setdefault("WANDB_MODE", "offline")
+
+    def after_instantiate_classes(self) -> None:
+        """Apply the ``channels_last`` and ``compile`` switches to the network."""
+        config = self.config.get(str(self.subcommand), self.config)
+        net = getattr(self.model, "net", self.model)
+        if config.get("channels_last"):
+            net.to(memory_format=torch.channels_last)
+        if config.get("compile"):
+            net.compile()
+
+    def after_fit(self) -> None:
+        """Print the final validation metrics, the binary layers' modes and the wall time."""
+        metrics = self.trainer.callback_metrics
+        shown = ", ".join(
+            f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith("val/")
+        )
+        modes = dict(get_modes(getattr(self.model, "net", self.model)))
+        minutes, seconds = divmod(time.perf_counter() - self.start_time, 60)
+        if self.trainer.is_global_zero:
+            print(
+                f"Final validation: {shown or 'none (no validation ran)'}; binary layers {modes}; "
+                f"wall time {int(minutes)}m{seconds:02.0f}s.",
+                flush=True,
+            )
 
 
 def main(args: list[str] | None = None) -> None:
-    """Print the version and usage."""
-    argv = sys.argv[1:] if args is None else args
-    print(f"bnn-lightning {__version__}")
-    if argv and argv[0] not in ("-h", "--help", "--version"):
-        raise SystemExit(f"Unknown command {argv[0]!r}.")
+    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls)."""
+    BNNCLI(args=args)
