@@ -1,4 +1,5 @@
-"""Stage-1 -> stage-2 handoff with a real Trainer: (a) ``init_from`` and (b) ``StageHandoff``."""
+"""Stage-1 -> stage-2 handoff with a real Trainer: (a) ``init_from`` and (b) ``StageHandoff``;
+step-interval schedules, checkpoint reload and the diagnostics callbacks in a real fit."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import LambdaCallback
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_lightning.callbacks import BNNDiagnostics, StageHandoff, WeightClip
 from bnn_lightning.layers import get_modes
 from bnn_lightning.models import BinaryResNet
 from bnn_lightning.module import BNNClassifier
+from bnn_lightning.schedules import WarmupCosineLR
 
 
 @pytest.fixture(autouse=True)
@@ -166,3 +169,18 @@ def test_checkpoint_reloads_to_the_same_logits(tmp_path):
     logged = run.callback_metrics
     assert 0.0 <= float(logged["diag/flip_ratio_mean"]) <= 1.0
     assert 0.0 <= float(logged["diag/sign_balance/stages.0.0.conv"]) <= 1.0
+
+
+def test_step_interval_schedule_anneals_to_zero(tmp_path):
+    """A per-step warm-up + cosine schedule, as a short run (the quickstart) needs."""
+    schedule = partial(WarmupCosineLR, max_iters=8, warmup_iters=2, warmup_factor=0.5)
+    module = BNNClassifier(net(), lr_scheduler=schedule, scheduler_interval="step")
+    probe = Probe()
+    lrs: list[float] = []
+    recorder = LambdaCallback(
+        on_train_batch_start=lambda t, *_: lrs.append(t.optimizers[0].param_groups[0]["lr"])
+    )
+    trainer(tmp_path, [probe, recorder], max_steps=8).fit(module, loader(), loader())
+    expected = [5e-4, 7.5e-4] + [5e-4 * (1 + math.cos(math.pi * s / 6)) for s in range(6)]
+    assert lrs == pytest.approx(expected)
+    assert probe.logged[1]["train/lr"] == pytest.approx(expected[-1])

@@ -120,7 +120,7 @@ def test_snapshot_is_a_frozen_copy_without_feature_hooks():
     assert copy is not module.net and not copy.training
     for a, b in zip(copy.state_dict().values(), module.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 8, 8)
     copy(x)
     assert module._student_hooks.pop() == {}
     module.net(x)
@@ -138,7 +138,7 @@ def test_hparams_are_plain_and_rebuild_the_net(tmp_path):
     assert module.hparams["net"]["init_args"]["mode"] == "binary_activations"
     path = save_like_lightning(module, tmp_path / "run.ckpt")
     net = net_from_checkpoint(path)
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 8, 8)
     module.eval(), net.eval()
     torch.testing.assert_close(net(x), module.net(x))
     teacher = load_teacher(str(path))
