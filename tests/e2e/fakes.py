@@ -76,6 +76,7 @@ def tiny_run_args(tmp: Path, width: int = 8) -> list[str]:
     return [
         "--model.net.init_args.width", str(width),
         "--trainer.default_root_dir", str(tmp / "run"),
+        "--trainer.logger.init_args.save_dir", str(tmp / "run"),
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
     ]  # fmt: skip

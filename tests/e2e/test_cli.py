@@ -1,0 +1,112 @@
+"""The ``bnn`` CLI in-process: help, num_classes links, checkpoints and resume, summary, export."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
+
+from bnn_lightning.checkpoints import net_from_checkpoint
+from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.export import load_packed
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+QUICKSTART = CONFIGS / "cifar10" / "quickstart.yaml"
+DATA = "bnn_lightning.ImageFolderDataModule"
+
+
+def quick_args(tmp: Path) -> list[str]:
+    """The quickstart config on a tiny fake tree, a width-8 net, CSV logs under ``tmp``."""
+    return ["--config", str(QUICKSTART), *tiny_data_args(DATA, tmp), *tiny_run_args(tmp)]
+
+
+def two_steps(epochs: int) -> list[str]:
+    return [
+        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.max_epochs", str(epochs), "--trainer.num_sanity_val_steps", "0",
+    ]  # fmt: skip
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "predict", "summary", "export"):
+        assert subcommand in out
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bnn_lightning", "summary", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--image_size" in result.stdout
+
+
+@pytest.mark.parametrize("dataset", ["folder", "cifar100"])
+def test_num_classes_is_linked_from_the_datamodule(
+    dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allow_fake_cifar(monkeypatch)
+    if dataset == "folder":
+        args = quick_args(tmp_path)
+    else:
+        base = CONFIGS / "cifar100" / "base.yaml"
+        data = tiny_data_args("bnn_lightning.CIFAR100DataModule", tmp_path)
+        args = ["--config", str(base), *data, *tiny_run_args(tmp_path)]
+    cli = BNNCLI(args=[*args, "--channels_last", "true"], run=False)
+    expected = 10 if dataset == "folder" else 100
+    assert cli.datamodule.num_classes == expected
+    assert cli.model.num_classes == expected
+    assert cli.model.net.fc.out_features == expected
+    assert cli.model.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def read_csv_epochs(folder: Path) -> set[int]:
+    """Epochs that have a ``val/acc_top1`` row in the CSV logs under ``folder``."""
+    (metrics,) = folder.rglob("metrics.csv")
+    with metrics.open() as f:
+        return {int(row["epoch"]) for row in csv.DictReader(f) if row.get("val/acc_top1")}
+
+
+def test_fit_keeps_best_and_last_and_resumes_from_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    main(["fit", *quick_args(tmp_path), *two_steps(1)])
+    out = capsys.readouterr().out
+    assert "Final validation: val/acc_top1=" in out and "binary layers {'binary': 16}" in out
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    best = list(ckpt_dir.glob("best-epoch000*.ckpt"))
+    assert len(best) == 1 and (ckpt_dir / "last.ckpt").is_file()
+    state = torch.load(best[0], weights_only=True, map_location="cpu")
+    (callback,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert callback["monitor"] == "val/acc_top1" and state["global_step"] == 2
+    (ckpt_dir.parent / "csv").rename(first)
+
+    main(["fit", *quick_args(tmp_path), *two_steps(2), "--ckpt_path", "last"])
+    (ckpt_dir.parent / "csv").rename(second)
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert read_csv_epochs(first) == {0} and read_csv_epochs(second) == {1}
+
+
+def test_summary_and_export_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main(["summary", *quick_args(tmp_path)])
+    table = capsys.readouterr().out
+    assert "BOPs" in table and "FLOPs" in table
+
+    main(["fit", *quick_args(tmp_path), *two_steps(1)])
+    main(["export", *quick_args(tmp_path), "--ckpt_path", "last"])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    packed = load_packed(ckpt.with_suffix(".bnn"))
+    net = net_from_checkpoint(ckpt).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(packed(x), net(x))
