@@ -1,6 +1,13 @@
 """bnn-lightning: train binarized neural networks with PyTorch Lightning."""
 
-from bnn_lightning.callbacks import ActivationCurriculum, BNNDiagnostics, StageHandoff, WeightClip
+from bnn_lightning.callbacks import (
+    ActivationCurriculum,
+    BNNDiagnostics,
+    NonFiniteGuard,
+    StageHandoff,
+    WeightClip,
+)
+from bnn_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from bnn_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -50,6 +57,7 @@ __all__ = [
     "QUANTIZERS",
     "ActivationCurriculum",
     "ApproxSign",
+    "AtomicCheckpointIO",
     "BNNClassifier",
     "BNNDiagnostics",
     "BNNLoss",
@@ -59,6 +67,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CenterLoss",
+    "CheckpointError",
     "Clamp",
     "ExportReport",
     "ImageFolderDataModule",
@@ -66,6 +75,7 @@ __all__ = [
     "Lighting",
     "MagnitudeAwareSign",
     "ModelSummary",
+    "NonFiniteGuard",
     "PackedBinaryConv2d",
     "PackedFormatError",
     "QuantizedLayer",

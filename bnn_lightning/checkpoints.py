@@ -9,13 +9,15 @@ LightningCLI writes it, or as :func:`net_config` records it outside the CLI).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor, nn
+
+from bnn_lightning.checkpoint_io import read_checkpoint
+from bnn_lightning.checks import net_config_mismatch
 
 __all__ = [
     "TORCHVISION_PREFIX",
@@ -23,6 +25,7 @@ __all__ = [
     "freeze",
     "is_plain",
     "load_checkpoint",
+    "load_net_state",
     "load_net_weights",
     "load_strict",
     "load_teacher",
@@ -35,16 +38,13 @@ TORCHVISION_PREFIX = "torchvision:"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint or state dict onto the CPU with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist; check the path.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path} cannot be loaded with weights_only=True ({err}); re-save it as a state dict."
-        ) from err
+    """Read a checkpoint or state dict onto the CPU with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        CheckpointError: A truncated, corrupt or unsafe file (see :func:`read_checkpoint`).
+    """
+    return read_checkpoint(path)
 
 
 def net_state_dict(checkpoint: Mapping[str, Any], prefix: str = "net.") -> dict[str, Tensor]:
@@ -60,8 +60,12 @@ def _shorten(keys: list[str], limit: int = 8) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+def load_strict(
+    module: nn.Module, state: Mapping[str, Tensor], source: str, differences: Sequence[str] = ()
+) -> None:
     """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error.
+
+    ``differences`` (e.g. ``["width=8 (this net: 16)"]``) end the error when given.
 
     Raises:
         ValueError: The weights in ``source`` do not fit ``module``'s architecture.
@@ -82,14 +86,22 @@ def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> 
         ]
         raise ValueError(
             f"The weights in {source} do not match the network ({'; '.join(problems)}); build "
-            "the network with the same architecture arguments as the run that saved them."
+            "the network with the same architecture arguments as the run that saved them"
+            + (f": {', '.join(differences)}." if differences else ".")
         )
     module.load_state_dict(state, strict=True)
 
 
 def load_net_weights(net: nn.Module, path: str | Path) -> None:
     """Load a checkpoint's network weights into ``net`` strictly (the stage-2 ``init_from``)."""
-    load_strict(net, net_state_dict(load_checkpoint(path)), str(path))
+    load_net_state(net, load_checkpoint(path), str(path))
+
+
+def load_net_state(net: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:
+    """:func:`load_strict` of a loaded checkpoint's net weights; when they do not fit, the error
+    also names the net arguments the checkpoint recorded differently (arch, num_classes...)."""
+    differences = net_config_mismatch(checkpoint.get("hyper_parameters", {}).get("net"), net)
+    load_strict(net, net_state_dict(checkpoint), source, differences)
 
 
 def is_plain(value: Any) -> bool:

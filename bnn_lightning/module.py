@@ -25,20 +25,28 @@ from copy import deepcopy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from bnn_lightning.checkpoint_io import use_atomic_checkpoint_io
 from bnn_lightning.checkpoints import (
     build_net,
     freeze,
     is_plain,
+    load_net_state,
     load_net_weights,
     load_teacher,
     net_config,
+)
+from bnn_lightning.checks import (
+    check_data_classes,
+    check_positive,
+    check_teacher_classes,
+    make_optimizer,
 )
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
@@ -77,6 +85,8 @@ class BNNClassifier(LightningModule):
             ``fit`` (not when resuming with ``ckpt_path``).
     """
 
+    train_metrics: MetricCollection
+
     def __init__(
         self,
         net: nn.Module,
@@ -108,6 +118,7 @@ class BNNClassifier(LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
+        check_positive("lr", lr)
         self.lr, self.weight_decay = lr, weight_decay
         self.no_decay_norm_bias, self.center_lr = no_decay_norm_bias, center_lr
         self.criterion = BNNLoss(
@@ -120,6 +131,7 @@ class BNNClassifier(LightningModule):
         self._teacher_hooks: FeatureHooks | None = None
         self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
+        self._sync_centers = False
         self.init_from = init_from
         if isinstance(teacher, nn.Module):
             self.set_teacher(teacher)
@@ -134,7 +146,9 @@ class BNNClassifier(LightningModule):
                 "acc_top1": MulticlassAccuracy(self.num_classes, top_k=1),
                 "acc_top5": MulticlassAccuracy(self.num_classes, top_k=top5),
             }
-            setattr(self, f"{stage}_metrics", MetricCollection(metrics, prefix=f"{stage}/"))
+            collection = MetricCollection(metrics, prefix=f"{stage}/")
+            collection.persistent(stage == "train")  # a mid-epoch resume continues the counts
+            setattr(self, f"{stage}_metrics", collection)
 
     def _save_hparams(self, net: nn.Module) -> None:
         """Save YAML-like arguments only (checkpoints stay ``weights_only`` loadable)."""
@@ -160,6 +174,8 @@ class BNNClassifier(LightningModule):
         """Freeze ``teacher``, move it next to the net, and hook its matched feature layers."""
         if self._teacher_hooks is not None:
             self._teacher_hooks.remove()
+        source = self._teacher_path or type(teacher).__name__
+        check_teacher_classes(teacher, self.num_classes, source)
         param = next(self.net.parameters(), None)
         teacher = freeze(teacher)
         if param is not None:
@@ -177,13 +193,29 @@ class BNNClassifier(LightningModule):
 
     def set_loss_weights(self, **weights: float) -> None:
         """Change loss weights mid-run (creating the centers on the net's device if needed)."""
+        had_centers = self.criterion.center_loss is not None
         self.criterion.set_weights(**weights)
         if self.criterion.needs_teacher and self.teacher is None:
             raise ValueError(f"Loss weights {weights} need a teacher, and none is set.")
         self.criterion.to(self.device)
+        # centers created after DDP wrapped the module are not synchronized by DDP
+        self._sync_centers |= not had_centers and self._trainer is not None
+
+    def on_after_backward(self) -> None:
+        """Average the gradient of class centers created mid-run over the processes."""
+        centers = self.criterion.center_loss
+        if self._sync_centers and centers is not None and centers.centers.grad is not None:
+            grad = self.trainer.strategy.reduce(centers.centers.grad, reduce_op="mean")
+            centers.centers.grad = grad
 
     def setup(self, stage: str) -> None:
-        """At the start of ``fit``: load ``init_from`` (unless resuming) and the teacher."""
+        """At the start of ``fit``: load ``init_from`` (unless resuming) and the teacher.
+
+        Also checks the datamodule's classes and makes checkpoint writes atomic
+        (:class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`).
+        """
+        use_atomic_checkpoint_io(self.trainer)
+        check_data_classes(self.num_classes, getattr(self.trainer, "datamodule", None))
         if stage != "fit":
             return
         if self.init_from is not None and self.trainer.ckpt_path is None:
@@ -197,8 +229,25 @@ class BNNClassifier(LightningModule):
         if self.teacher is not None:
             self.set_teacher(self.teacher)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reset the train metrics at an epoch's first batch: a resume from a checkpoint saved
+        after an epoch's last batch restores that epoch's counts and skips the epoch hooks."""
+        if batch_idx == 0:
+            self.train_metrics.reset()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """A :class:`~bnn_lightning.callbacks.NonFiniteGuard`, unless the trainer has one."""
+        from bnn_lightning.callbacks.guard import NonFiniteGuard  # callbacks import this module
+
+        if any(isinstance(c, NonFiniteGuard) for c in getattr(self.trainer, "callbacks", [])):
+            return []
+        return [NonFiniteGuard()]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Create the class centers when the checkpoint has them (center loss enabled mid-run)."""
+        """Check that the checkpoint's net fits this one (naming the arguments that differ), and
+        create the class centers when it has them (center loss enabled mid-run)."""
+        source = str(self._trainer.ckpt_path) if self._trainer is not None else "The checkpoint"
+        load_net_state(self.net, checkpoint, source)
         has_centers = "criterion.center_loss.centers" in checkpoint["state_dict"]
         if has_centers and self.criterion.center_loss is None:
             self.criterion.enable_center_loss().to(self.device)
@@ -208,7 +257,7 @@ class BNNClassifier(LightningModule):
 
     def _forward(self, x: Tensor, train: bool) -> tuple[Tensor, Tensor | None]:
         """Logits, and the penultimate features when the center loss needs them."""
-        self._student_hooks.enabled = train
+        self._student_hooks.enabled = train and self.criterion.feature_weight > 0
         if train and self.criterion.center_weight > 0:
             features = self.net.forward_features(x)  # type: ignore[operator]
             return self.net.forward_head(features), features  # type: ignore[operator]
@@ -263,7 +312,7 @@ class BNNClassifier(LightningModule):
             self.net, self.criterion.center_loss, self.lr, self.weight_decay,
             self.no_decay_norm_bias, self.center_lr,
         )  # fmt: skip
-        optimizer = self.optimizer_factory(groups)
+        optimizer = make_optimizer(self.optimizer_factory, groups)
         rank_zero_info(describe_groups(optimizer))
         if self.lr_scheduler_factory is None:
             return optimizer

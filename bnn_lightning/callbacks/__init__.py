@@ -1,8 +1,17 @@
-"""What changes over a run: stage handoff, activation curriculum, weight clipping, diagnostics."""
+"""What changes over a run: stage handoff, activation curriculum, weight clipping, diagnostics,
+and the non-finite loss guard."""
 
 from bnn_lightning.callbacks.curriculum import ActivationCurriculum
 from bnn_lightning.callbacks.diagnostics import BNNDiagnostics
+from bnn_lightning.callbacks.guard import NonFiniteGuard, NonFiniteLossError
 from bnn_lightning.callbacks.handoff import StageHandoff
 from bnn_lightning.callbacks.weight_clip import WeightClip
 
-__all__ = ["ActivationCurriculum", "BNNDiagnostics", "StageHandoff", "WeightClip"]
+__all__ = [
+    "ActivationCurriculum",
+    "BNNDiagnostics",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "StageHandoff",
+    "WeightClip",
+]
