@@ -37,8 +37,12 @@ __all__ = [
 
 
 def binary_sign(x: Tensor) -> Tensor:
-    """Sign with ``sign(0) = +1``, in the dtype of ``x``."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    """Sign with ``sign(0) = +1`` (and ``-0.0 -> +1``), in the dtype of ``x``.
+
+    Written as ``2 * (x >= 0) - 1``: on CPU this is about twice as fast as ``torch.where`` with
+    scalar branches.
+    """
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 class _SteSignFn(torch.autograd.Function):
