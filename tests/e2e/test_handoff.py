@@ -4,7 +4,6 @@ step-interval schedules, checkpoint reload and the diagnostics callbacks in a re
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from bnn_lightning.layers import get_modes
 from bnn_lightning.models import BinaryResNet
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.schedules import WarmupCosineLR
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def loader() -> DataLoader:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from bnn_lightning.models import BinaryResNet
 from bnn_lightning.module import BNNClassifier
 
 PER_CLASS = 40  # 400 images: 320 train, 80 validation
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared CPU, oversubscribed threads make small convs ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
