@@ -17,6 +17,7 @@ into one :class:`CheckpointError` naming the file. ``BNNClassifier`` installs it
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import re
@@ -80,6 +81,12 @@ def read_checkpoint(
         raise _load_error(path, err) from err
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist a rename in ``folder`` (a no-op where directories cannot be opened)."""
     try:
@@ -95,6 +102,7 @@ def _fsync_dir(folder: Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save through a synced temporary file and ``os.replace``; load with ``weights_only=True``.
 
+    A save also deletes the temporary files of the same target that a killed process left.
     Only local paths are supported (remote URLs need Lightning's own IO).
     """
 
@@ -111,11 +119,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a process killed while writing
 
     def load_checkpoint(
         self,

@@ -17,12 +17,9 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread (a shared CPU) and deterministic algorithms switched back off."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _nondeterministic_again() -> Iterator[None]:
+    """Switch off what ``Trainer(deterministic=True)`` switched on for the rest of the suite."""
     yield
-    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)
 
 

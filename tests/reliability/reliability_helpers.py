@@ -55,9 +55,12 @@ def bnn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def fit_args(tree: Path, run: Path, *extra: str, kill_at_step: int | None = None) -> list[str]:
-    """``fit`` of ``tiny.yaml`` on ``tree`` into ``run``, recorded to ``run/rec``."""
-    recorder = {"out": str(run / "rec"), "kill_at_step": kill_at_step}
+def fit_args(tree: Path, run: Path, *extra: str, **faults: int) -> list[str]:
+    """``fit`` of ``tiny.yaml`` on ``tree`` into ``run``, recorded to ``run/rec``.
+
+    ``faults``: ``kill_at_step`` / ``kill_in_save`` of :class:`faults.Recorder`.
+    """
+    recorder = {"out": str(run / "rec"), **faults}
     callback = json.dumps({"class_path": "faults.Recorder", "init_args": recorder})
     return [
         "fit", "--config", str(TINY_CONFIG),
