@@ -85,7 +85,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def run(quick: bool = False) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    width, rounds, steps, warmup = (16, 3, 4, 1) if quick else (32, 5, 6, 2)
+    width, rounds, steps, warmup = (16, 3, 4, 1) if quick else (32, 3, 5, 2)
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     try:
         for _ in range(rounds):  # interleaved, so that load changes hit every config alike
