@@ -35,6 +35,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
@@ -139,14 +140,15 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 def wandb_has_api_key() -> bool:
-    """True when ``WANDB_API_KEY`` is set or ``~/.netrc`` holds W&B credentials."""
+    """True when ``WANDB_API_KEY`` is set or the netrc file (``$NETRC`` or ``~/.netrc``) has one."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     import netrc
 
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].rstrip("/")
     try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1]
-        return netrc.netrc().authenticators(host.rstrip("/")) is not None
+        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -252,6 +254,23 @@ class BNNCLI(LightningCLI):
                 f"wall time {int(minutes)}m{seconds:02.0f}s.",
                 flush=True,
             )
+        self.finish_loggers()
+
+    def after_validate(self) -> None:
+        self.finish_loggers()
+
+    def after_test(self) -> None:
+        self.finish_loggers()
+
+    def after_predict(self) -> None:
+        self.finish_loggers()
+
+    def finish_loggers(self) -> None:
+        """Close the W&B run, so its files are complete and a next in-process run is a new one."""
+        if any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers):
+            import wandb
+
+            wandb.finish()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -71,12 +71,16 @@ def tiny_data_args(data_class: str, tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def tiny_run_args(tmp: Path, width: int = 8) -> list[str]:
-    """Overrides for a fast run: a narrow network, outputs under ``tmp``, no progress bar."""
+def tiny_run_args(tmp: Path, width: int = 8, logger_dir: bool = True) -> list[str]:
+    """Overrides for a fast run: a narrow network, outputs under ``tmp / "run"``, no progress bar.
+
+    ``logger_dir`` also sets the logger's ``save_dir`` there (else the CLI's default applies).
+    """
+    logger = ["--trainer.logger.init_args.save_dir", str(tmp / "run")] if logger_dir else []
     return [
         "--model.net.init_args.width", str(width),
         "--trainer.default_root_dir", str(tmp / "run"),
-        "--trainer.logger.init_args.save_dir", str(tmp / "run"),
+        *logger,
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
