@@ -1,8 +1,9 @@
 """``NonFiniteGuard``: stop at the first NaN or infinite loss, before it reaches the weights.
 
 The check runs before ``backward``, so the optimizer never steps on a non-finite loss and the
-checkpoints written so far stay good; the error names the step and the newest checkpoint to
-resume from. It costs one scalar read per step (and, with several processes, one tiny all-reduce
+checkpoints written so far stay good (in memory, that forward pass has already updated the
+BatchNorm running statistics); the error names the step and the newest checkpoint to resume
+from. It costs one scalar read per step (and, with several processes, one tiny all-reduce
 so that every rank stops together). ``BNNClassifier`` adds it by default; configure it yourself
 only to change ``check_every_n_steps``:
 
@@ -78,5 +79,5 @@ class NonFiniteGuard(Callback):
         raise NonFiniteLossError(
             f"Training loss is {value} at step {trainer.global_step} (epoch "
             f"{trainer.current_epoch}, batch {self._batch_idx}{rank}); training stopped before "
-            f"the weights changed: {where} (ckpt_path) with a lower lr, or fix the data."
+            f"the optimizer step: {where} (ckpt_path) with a lower lr, or fix the data."
         )
