@@ -52,15 +52,20 @@ def allow_fake_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_data_args(data_class: str, tmp: Path) -> list[str]:
-    """CLI overrides that point a config's DataModule at a tiny fake dataset under ``tmp``."""
+    """CLI overrides that point a config's DataModule at a tiny fake dataset under ``tmp``.
+
+    The dataset is written once: a second call (e.g. from another DDP rank) reuses it.
+    """
     common = ["--data.init_args.batch_size", "4"]
-    if data_class.endswith("CIFAR100DataModule"):
-        root = write_fake_cifar(tmp / "cifar100", CIFAR100)
+    if data_class.endswith(("CIFAR10DataModule", "CIFAR100DataModule")):
+        cls = CIFAR100 if data_class.endswith("CIFAR100DataModule") else CIFAR10
+        root = tmp / cls.__name__.lower()
+        if not root.exists():
+            write_fake_cifar(root, cls)
         return [*common, "--data.init_args.root", str(root), "--data.init_args.download", "false"]
-    if data_class.endswith("CIFAR10DataModule"):
-        root = write_fake_cifar(tmp / "cifar10", CIFAR10)
-        return [*common, "--data.init_args.root", str(root), "--data.init_args.download", "false"]
-    root = write_tree(tmp / "tree", {"train": 2, "val": 1})
+    root = tmp / "tree"
+    if not root.exists():
+        write_tree(root, {"train": 2, "val": 1})
     return [
         *common,
         "--data.init_args.root", str(root),
