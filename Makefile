@@ -9,7 +9,7 @@ export BNN_DATA_DIR ?= $(abspath ../shared/data)
 export WANDB_MODE ?= offline
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-all lint format train bench clean
+.PHONY: help install test test-all lint format train bench bench-quick clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ train: install ## Quickstart: a real two-stage binary ResNet run on CIFAR-10 (ab
 
 bench: install ## Run the benchmarks; writes benchmarks/results/<date>.{json,md,png}.
 	$(PY) benchmarks/run.py
+
+bench-quick: install ## Smaller benchmarks, no compile, no quickstart training (a few minutes).
+	$(PY) benchmarks/run.py --quick
 
 clean: ## Remove caches, logs and build outputs (keeps .venv).
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info lightning_logs wandb

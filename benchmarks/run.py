@@ -2,7 +2,9 @@
 
 Each benchmark module exposes ``run(quick: bool = False) -> dict`` returning
 ``{"title": str, "rows": list[dict], "notes": str}`` and optionally ``"plot": {"label": str,
-"values": {name: number}}`` for the bar chart. ``rows`` become a markdown table.
+"values": {name: number}}`` for the bar chart. ``rows`` become a markdown table. The report opens
+with a summary of issue 8's measurements against their targets (:mod:`targets`) and the load
+average of the machine at the start and the end of every benchmark.
 
 Usage: ``python benchmarks/run.py [--quick] [--only NAME ...] [--out DIR]``.
 """
@@ -21,6 +23,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from targets import images_per_second, summarize
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,8 +47,13 @@ def hardware() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_avg_1m": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes; compare with the core count)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def discover(only: list[str] | None) -> list[tuple[str, ModuleType]]:
@@ -66,11 +75,14 @@ def markdown(results: dict[str, Any]) -> str:
     """The results as a markdown report, one table per benchmark."""
     hw = results["hardware"]
     lines = [
-        f"# Benchmarks {results['date']}",
+        f"# Benchmarks {results['date']}" + (" (--quick)" if results["quick"] else ""),
         "",
         f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads); "
-        f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}; load avg {hw['load_avg_1m']}.",
+        f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}, Python {hw['python']}. "
+        f"Load average (1 min) {hw['load_avg_1m']} at the start, {results['load_avg_end']} at "
+        f"the end: more than {hw['cores']} means other processes competed for the cores.",
         "",
+        *summary_table(results["summary"]),
     ]
     for name, result in results["benchmarks"].items():
         lines += [f"## {result.get('title', name)}", ""]
@@ -87,9 +99,26 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append("")
         if result.get("notes"):
             lines += [result["notes"], ""]
-        lines.append(f"_{result.get('seconds', 0):.0f} s to run._")
+        load = f"load average {result.get('load_start')} -> {result.get('load_end')}"
+        lines.append(f"_{result.get('seconds', 0):.0f} s to run, {load}._")
         lines.append("")
     return "\n".join(lines)
+
+
+def summary_table(summary: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the summary: item, measure, value, target, met."""
+    met = {True: "yes", False: "**no**", None: "—"}
+    lines = ["## Summary", "", "| # | measure | value | target | met |", "|---|---|---|---|---|"]
+    for entry in summary:
+        cells = [
+            entry["item"],
+            entry["measure"],
+            entry["value"],
+            entry["target"],
+            met[entry["met"]],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _fmt(value: Any) -> str:
@@ -105,14 +134,20 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(n, r["plot"]) for n, r in results["benchmarks"].items() if r.get("plot")]
+    panels = [
+        (r.get("title", n), r["plot"]) for n, r in results["benchmarks"].items() if r.get("plot")
+    ]
+    speed = images_per_second(results)
+    if speed:
+        title = "ResNet-18 training step (CIFAR stem, width 64): images/s per setting"
+        panels.insert(0, (title, {"label": "images/s", "values": speed}))
     if not panels:
         return False
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
-    for ax, (name, panel) in zip(axes[:, 0], panels, strict=True):
+    for ax, (title, panel) in zip(axes[:, 0], panels, strict=True):
         labels, values = zip(*panel["values"].items(), strict=True)
         ax.barh(labels, values, color="tab:blue")
-        ax.set_title(results["benchmarks"][name].get("title", name), fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(panel.get("label", ""))
         ax.invert_yaxis()
     hw = results["hardware"]
@@ -140,16 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name, module in discover(args.only):
         print(f"[bench] {name} ...", flush=True)
-        start = time.perf_counter()
+        load_start, start = load_average(), time.perf_counter()
         try:
             result = module.run(quick=args.quick)
         except Exception:  # a failing benchmark is reported, the others still run
             result = {"title": name, "error": traceback.format_exc()}
             failed = True
         result["seconds"] = time.perf_counter() - start
+        result["load_start"], result["load_end"] = load_start, load_average()
         results["benchmarks"][name] = result
         print(f"[bench] {name} done in {result['seconds']:.0f} s", flush=True)
 
+    results["load_avg_end"] = load_average()
+    results["summary"] = summarize(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / results["date"]
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))

@@ -1,0 +1,81 @@
+"""Binary vs float, compiled: the training step of ``bench_binary_vs_float`` under torch.compile.
+
+The third setting of the binary-vs-float comparison (``bench_binary_vs_float.py`` measures fp32
+eager and bf16 autocast + channels_last): the default binary ResNet-18 (CIFAR stem, width 64,
+batch 128) against the same network with its quantizers off, each compiled with
+``torch.compile`` (inductor, default mode) and trained in bf16 autocast + channels_last, the
+quickstart's precision and memory format. The step is the same function (forward,
+cross-entropy, backward, Adam). The first call compiles forward and backward; its time is
+reported as ``compile_s`` (shorter when inductor's on-disk cache already holds the kernels).
+Then one untimed warm-up round and interleaved timed rounds, binary and float alternating; the
+median is reported with the min-max spread. ``--quick`` skips this benchmark: compiling takes
+minutes on a small CPU.
+
+``python benchmarks/bench_compiled.py`` prints the result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from bench_binary_vs_float import median_seconds, train_step
+
+from bnn_lightning.models import create_model
+
+BATCH, REPEATS = 128, 3
+SETTING = f"ResNet-18 cifar w64 batch {BATCH} train step, compiled, bf16 autocast + channels_last"
+
+
+def compiled_rows() -> list[dict[str, Any]]:
+    """Compile time, median step time and images/s of the compiled binary and float networks."""
+    x = torch.randn(BATCH, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,))
+    steps, compile_s = {}, {}
+    for mode in ("binary", "float"):
+        net = create_model("resnet18_cifar", num_classes=10, mode=mode)
+        net = net.to(memory_format=torch.channels_last)
+        step = train_step(torch.compile(net), x, y, bf16=True)
+        start = time.perf_counter()
+        step()
+        compile_s[mode] = time.perf_counter() - start
+        steps[mode] = step
+    times = median_seconds(steps, REPEATS, warmup=1)
+    rows = []
+    for mode, values in times.items():
+        median = statistics.median(values)
+        rows.append(
+            {
+                "setting": SETTING,
+                "mode": mode,
+                "median_ms": 1e3 * median,
+                "spread_ms": f"{1e3 * min(values):.0f}-{1e3 * max(values):.0f}",
+                "items_per_s": BATCH / median,
+                "compile_s": compile_s[mode],
+            }
+        )
+    rows[0]["time_ratio"] = rows[0]["median_ms"] / rows[1]["median_ms"]
+    return rows
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The compiled comparison; skipped (no rows) with ``quick``."""
+    title = "Binary vs float, compiled: torch.compile'd training step (CPU)"
+    if quick:
+        return {
+            "title": title,
+            "rows": [],
+            "notes": "Skipped with --quick (compiling takes minutes).",
+        }
+    torch.manual_seed(0)
+    rows = compiled_rows()
+    notes = __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else ""
+    return {"title": title, "rows": rows, "notes": notes}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

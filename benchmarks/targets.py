@@ -1,0 +1,172 @@
+"""The summary table of a ``make bench`` run: issue 8's five measurements against their targets.
+
+Reads the rows of the benchmark modules (``binary_vs_float``, ``compiled``, ``data``, ``export``,
+``quickstart``) and returns one line per measurement: what, the value, the target and whether it
+is met (``None`` where the issue sets no target). A measurement whose benchmark did not run
+(``--only``, ``--quick``, an error) is reported as not measured instead of failing the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Line = dict[str, Any]
+NOT_MEASURED = "not measured"
+
+
+def _rows(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return list(results["benchmarks"].get(name, {}).get("rows", []))
+
+
+def line(
+    item: str,
+    measure: str,
+    value: float | None,
+    unit: str,
+    target: str = "—",
+    ok: Callable[[float], bool] | None = None,
+) -> Line:
+    """One summary line; ``unit`` is ``x`` (a ratio), ``%`` (a fraction) or a word."""
+    if value is None:
+        shown = NOT_MEASURED
+    elif unit == "x":
+        shown = f"{value:.2f}x"
+    elif unit == "%":
+        shown = f"{100 * value:.1f}%"
+    else:
+        shown = f"{value:.3g} {unit}"
+    met = None if value is None or ok is None else bool(ok(value))
+    return {
+        "item": item,
+        "measure": measure,
+        "value": shown,
+        "number": value,
+        "target": target,
+        "met": met,
+    }
+
+
+def _setting(row: dict[str, Any]) -> str:
+    """``fp32 eager`` / ``bf16 + channels_last`` / ``compiled`` from a training-step row."""
+    setting = str(row.get("setting", ""))
+    if "compiled" in setting:
+        return "compiled"
+    return "bf16 + channels_last" if "bf16" in setting else "fp32 eager"
+
+
+def train_step_rows(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """ResNet-18 training-step rows keyed by ``(setting, mode)``."""
+    rows = [r for r in _rows(results, "binary_vs_float") if "ResNet-18" in str(r.get("setting"))]
+    rows += _rows(results, "compiled")
+    return {(_setting(r), r["mode"]): r for r in rows}
+
+
+def item1(results: dict[str, Any]) -> list[Line]:
+    """Binary / float step time per setting; the default setting's speed-up over fp32 eager."""
+    rows = train_step_rows(results)
+    lines = []
+    for setting in ("fp32 eager", "bf16 + channels_last", "compiled"):
+        binary, float_ = rows.get((setting, "binary")), rows.get((setting, "float"))
+        ratio = binary["median_ms"] / float_["median_ms"] if binary and float_ else None
+        lines.append(
+            line(
+                "1",
+                f"ResNet-18 train step time, binary / float, {setting}",
+                ratio,
+                "x",
+                "<= 1.10x",
+                lambda v: v <= 1.10,
+            )
+        )
+    eager = rows.get(("fp32 eager", "binary"))
+    for setting, target in (("bf16 + channels_last", ">= 2x"), ("compiled", "—")):
+        row = rows.get((setting, "binary"))
+        speedup = row["items_per_s"] / eager["items_per_s"] if row and eager else None
+        check = (lambda v: v >= 2.0) if target != "—" else None
+        default = " (the quickstart's setting)" if setting != "compiled" else ""
+        measure = f"binary images/s, {setting}{default} / fp32 eager"
+        lines.append(line("1", measure, speedup, "x", target, check))
+    return lines
+
+
+def item2(results: dict[str, Any]) -> list[Line]:
+    """Peak memory of one training step, binary / float, per eager setting."""
+    rows = train_step_rows(results)
+    lines = []
+    for setting in ("fp32 eager", "bf16 + channels_last"):
+        binary = rows.get((setting, "binary"), {})
+        lines.append(
+            line(
+                "2",
+                f"ResNet-18 train step peak memory, binary / float, {setting}",
+                binary.get("memory_ratio"),
+                "x",
+                "<= 1.00x",
+                lambda v: v <= 1.0,
+            )
+        )
+    return lines
+
+
+def item3(results: dict[str, Any]) -> list[Line]:
+    """Best loader images/s over training-step images/s, per data pipeline."""
+    best: dict[str, float] = {}
+    for row in _rows(results, "data"):
+        if "data/step" in row:
+            best[row["what"]] = max(best.get(row["what"], 0.0), row["data/step"])
+    if not best:
+        return [line("3", "data pipeline images/s / training step images/s", None, "x")]
+    return [
+        line(
+            "3",
+            f"{what}: loader / training step images/s (best workers)",
+            ratio,
+            "x",
+            ">= 2x",
+            lambda v: v >= 2.0,
+        )
+        for what, ratio in best.items()
+    ]
+
+
+def item4(results: dict[str, Any]) -> list[Line]:
+    """Export size ratios and packed conv speed against float."""
+    rows = {r.get("item"): r for r in _rows(results, "export")}
+    lines = [
+        line(
+            "4",
+            f"export size, fp32 / packed file, {name}",
+            rows.get(name, {}).get("fp32/file"),
+            "x",
+        )
+        for name in ("resnet18 imagenet (1000 classes)", "resnet18 cifar (10 classes)")
+    ]
+    total = rows.get("all binary convs of ResNet-18", {})
+    measure = "packed XNOR conv speed / float conv, all binary 3x3 convs, batch 1, compiled"
+    lines.append(line("4", measure, total.get("compiled_vs_float"), "x"))
+    return lines
+
+
+def item5(results: dict[str, Any]) -> list[Line]:
+    """Wall time and final validation top-1 of ``make train``."""
+    result = results["benchmarks"].get("quickstart", {})
+    row = (result.get("rows") or [{}])[0]
+    suffix = f" (from {result['reused_from']})" if result.get("reused_from") else ""
+    return [
+        line("5", f"make train wall time{suffix}", row.get("wall_min"), "min"),
+        line("5", f"make train final validation top-1{suffix}", row.get("val/acc_top1"), "%"),
+    ]
+
+
+ITEMS: list[Callable[[dict[str, Any]], list[Line]]] = [item1, item2, item3, item4, item5]
+
+
+def summarize(results: dict[str, Any]) -> list[Line]:
+    """Every summary line, item by item."""
+    return [entry for item in ITEMS for entry in item(results)]
+
+
+def images_per_second(results: dict[str, Any]) -> dict[str, float]:
+    """ResNet-18 training-step images/s per ``setting · mode``, for the summary's bar chart."""
+    return {f"{s} · {m}": r["items_per_s"] for (s, m), r in train_step_rows(results).items()}

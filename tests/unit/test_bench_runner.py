@@ -1,0 +1,150 @@
+"""The benchmark report: summary against the targets, markdown, plot, quickstart parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_quickstart  # noqa: E402
+import run as runner  # noqa: E402
+import targets  # noqa: E402
+
+STEP = "ResNet-18 cifar w64 batch 128 train step, "
+
+
+def step_row(setting: str, mode: str, ms: float, **extra: float) -> dict[str, Any]:
+    return {
+        "setting": STEP + setting,
+        "mode": mode,
+        "median_ms": ms,
+        "items_per_s": 128e3 / ms,
+        **extra,
+    }
+
+
+def fake_results() -> dict[str, Any]:
+    """Rows shaped like the benchmark modules' (binary_vs_float, compiled, data, quickstart)."""
+    return {
+        "date": "2026-01-01_0000",
+        "quick": False,
+        "load_avg_end": 3.5,
+        "hardware": {
+            "cpu": "CPU",
+            "cores": 2,
+            "torch_threads": 2,
+            "python": "3.11",
+            "torch": "2.x",
+            "gpu": None,
+            "load_avg_1m": 2.5,
+        },
+        "benchmarks": {
+            "binary_vs_float": {
+                "title": "binary vs float",
+                "rows": [
+                    {"setting": "8x(BN, conv3x3 64ch)", "mode": "binary", "median_ms": 1.0},
+                    step_row("fp32 eager", "binary", 1000.0, memory_ratio=0.9),
+                    step_row("fp32 eager", "float", 1000.0),
+                    step_row("bf16 autocast + channels_last", "binary", 440.0, memory_ratio=1.2),
+                    step_row("bf16 autocast + channels_last", "float", 400.0),
+                ],
+                "plot": {"label": "binary / float time", "values": {"a": 1.0}},
+            },
+            "compiled": {
+                "rows": [
+                    step_row("compiled, bf16 autocast + channels_last", "binary", 300.0),
+                    step_row("compiled, bf16 autocast + channels_last", "float", 300.0),
+                ]
+            },
+            "data": {
+                "rows": [
+                    {"what": "CIFAR, PIL", "workers": 0, "data/step": 1.5},
+                    {"what": "CIFAR, PIL", "workers": 2, "data/step": 3.0},
+                    {"what": "train step consumes: CIFAR", "images/s": 9.0},
+                ]
+            },
+            "export": {"error": "Traceback ...", "title": "export"},
+            "quickstart": {"rows": [{"wall_min": 9.5, "val/acc_top1": 0.6123}]},
+        },
+    }
+
+
+def by_measure(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {entry["measure"]: entry for entry in summary}
+
+
+def test_summary_ratios_and_targets() -> None:
+    summary = by_measure(targets.summarize(fake_results()))
+    fp32 = summary["ResNet-18 train step time, binary / float, fp32 eager"]
+    assert (fp32["number"], fp32["value"], fp32["met"]) == (1.0, "1.00x", True)
+    bf16 = summary["ResNet-18 train step time, binary / float, bf16 + channels_last"]
+    assert bf16["number"] == pytest.approx(1.1) and bf16["met"] is True  # 1.10x is within target
+    speedup = summary[
+        "binary images/s, bf16 + channels_last (the quickstart's setting) / fp32 eager"
+    ]
+    assert speedup["number"] == pytest.approx(1000 / 440) and speedup["met"] is True
+    compiled = summary["binary images/s, compiled / fp32 eager"]
+    assert compiled["number"] == pytest.approx(1000 / 300) and compiled["met"] is None
+    memory = summary["ResNet-18 train step peak memory, binary / float, bf16 + channels_last"]
+    assert memory["met"] is False
+    data = summary["CIFAR, PIL: loader / training step images/s (best workers)"]
+    assert data["number"] == 3.0 and data["met"] is True
+    assert summary["make train final validation top-1"]["value"] == "61.2%"
+    export = summary["export size, fp32 / packed file, resnet18 cifar (10 classes)"]
+    assert export["value"] == targets.NOT_MEASURED and export["met"] is None
+
+
+def test_summary_of_an_empty_run_reports_everything_as_not_measured() -> None:
+    results = {**fake_results(), "benchmarks": {}}
+    summary = targets.summarize(results)
+    assert {entry["item"] for entry in summary} == {"1", "2", "3", "4", "5"}
+    assert all(entry["value"] == targets.NOT_MEASURED for entry in summary)
+
+
+def test_markdown_report_and_plot(tmp_path: Path) -> None:
+    results = fake_results()
+    results["summary"] = targets.summarize(results)
+    text = runner.markdown(results)
+    assert "load average (1 min) 2.5 at the start, 3.5 at the end" in text.lower()
+    assert (
+        "| 1 | ResNet-18 train step time, binary / float, fp32 eager | 1.00x | <= 1.10x | yes |"
+        in text
+    )
+    assert "| **no** |" in text  # the bf16 memory ratio misses its target
+    assert "Traceback ..." in text  # a failed benchmark shows its error
+    assert runner.plot(results, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_quickstart_final_line_is_parsed() -> None:
+    output = (
+        "noise\nFinal validation: val/acc_top1=0.6120, val/acc_top5=0.9610, val/loss=1.2000; "
+        "binary layers {'binary': 16}; wall time 9m30s.\n"
+    )
+    final = bench_quickstart.parse_final(output)
+    assert final["metrics"] == {"val/acc_top1": 0.612, "val/acc_top5": 0.961, "val/loss": 1.2}
+    assert final["modes"] == "{'binary': 16}"
+    with pytest.raises(RuntimeError, match="no 'Final validation' line"):
+        bench_quickstart.parse_final("Traceback: killed")
+
+
+def test_quick_quickstart_reuses_the_latest_full_measurement(tmp_path: Path) -> None:
+    def write(date: str, quickstart: dict[str, Any]) -> None:
+        data = {"benchmarks": {"quickstart": quickstart}}
+        (tmp_path / f"{date}.json").write_text(json.dumps(data))
+
+    write("2026-01-01_0000", {"rows": [{"wall_min": 9.0}]})
+    write("2026-01-02_0000", {"rows": [{"wall_min": 8.0}]})
+    write("2026-01-03_0000", {"rows": [{"wall_min": 8.0}], "reused_from": "2026-01-02_0000"})
+    write("2026-01-04_0000", {"rows": [], "notes": "skipped"})
+    assert bench_quickstart.latest_full_result(tmp_path) == (
+        "2026-01-02_0000",
+        {"rows": [{"wall_min": 8.0}]},
+    )
+    assert bench_quickstart.latest_full_result(tmp_path / "missing") is None
