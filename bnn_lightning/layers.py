@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn_lightning.quantizers import QuantizerSpec, get_quantizer
+from bnn_lightning.fused import ste_sign_conv2d
+from bnn_lightning.quantizers import QuantizerSpec, SteSign, get_quantizer
 
 __all__ = [
     "MODES",
@@ -148,18 +149,34 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         self.pad_value = float(pad_value)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.quantize_input(x)
-        padding = cast(tuple[int, int], self.padding)
-        if self.pad_value != 0.0 and any(padding):
-            ph, pw = padding
-            x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-            padding = (0, 0)
         weight = self.quantized_weight()
-        x, saving = _compact_input(
-            x, self.input_quantizer if self.pad_value in (0, 1, -1) else None
-        )
+        quantizer = self.input_quantizer
+        if self._fused(quantizer):
+            x, padding = self._pad(x)  # the pad value is +-1 or 0, so sign() keeps it binary
+            return ste_sign_conv2d(
+                x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                cast(SteSign, quantizer).clip,
+            )  # fmt: skip
+        x, padding = self._pad(self.quantize_input(x))
+        x, saving = _compact_input(x, quantizer)
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def _fused(self, quantizer: nn.Module | None) -> bool:
+        """Whether the fused sign+conv kernel applies (clipped STE, binary padding, eager)."""
+        return (
+            type(quantizer) is SteSign
+            and self.pad_value in (0.0, 1.0, -1.0)
+            and not torch.compiler.is_compiling()
+        )
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Apply a non-zero ``pad_value`` explicitly; zero padding stays inside the conv."""
+        padding = cast(tuple[int, int], self.padding)
+        if self.pad_value == 0.0 or not any(padding):
+            return x, padding
+        ph, pw = padding
+        return F.pad(x, (pw, pw, ph, ph), value=self.pad_value), (0, 0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", pad_value={self.pad_value}" if self.pad_value else "")

@@ -135,3 +135,46 @@ def test_binary_activations_are_saved_compactly_with_exact_gradients(autocast: b
         F.conv2d(sign_ste, wq, padding=1).float().square().sum().backward()
     torch.testing.assert_close(x.grad, xr.grad)
     torch.testing.assert_close(conv.weight.grad, w.grad * (w.abs() <= 1))
+
+
+class _GenericSteSign(SteSign):
+    """Same maths as SteSign, but not SteSign's exact type, so it takes the generic path."""
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize(
+    ("stride", "groups", "pad_value", "bias"), [(1, 1, 0.0, False), (2, 2, -1.0, True)]
+)
+def test_fused_sign_conv_equals_the_generic_path(
+    autocast: bool, stride: int, groups: int, pad_value: float, bias: bool
+) -> None:
+    fused = L.BinaryConv2d(4, 6, 3, stride, 1, groups=groups, bias=bias, pad_value=pad_value)
+    generic = L.BinaryConv2d(4, 6, 3, stride, 1, groups=groups, bias=bias, pad_value=pad_value)
+    generic.load_state_dict(fused.state_dict())
+    generic.input_quantizer = _GenericSteSign()
+    assert fused._fused(fused.input_quantizer) and not generic._fused(generic.input_quantizer)
+    x = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last)
+    x[0, :, 0] = 0.0
+    x[1, :, 1] = 1.0  # on the clip boundary: the gradient passes
+    outs, grads = [], []
+    for layer in (fused, generic):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(xi)
+        out.float().square().sum().backward()
+        outs.append(out)
+        grads.append((xi.grad, layer.weight.grad, layer.bias.grad if bias else None))
+    assert outs[0].dtype == outs[1].dtype
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_sign_code_packs_sign_and_ste_mask() -> None:
+    from bnn_lightning.fused import sign_code
+
+    x = torch.tensor([-3.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 3.0])
+    sign, code = sign_code(x, 1.0)
+    assert sign.tolist() == [-1, -1, -1, 1, 1, 1, 1, 1]
+    assert code.tolist() == [-1, -2, -2, 2, 2, 2, 2, 1]
+    assert code.dtype == torch.int8
