@@ -212,6 +212,9 @@ class BNNCLI(LightningCLI):
         config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
+        if config.trainer.enable_checkpointing is False:  # the always-on callback saves nothing
+            config.trainer.enable_checkpointing = None
+            config.checkpoint.save_top_k, config.checkpoint.save_last = 0, False
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace) and logger.get("class_path") == WANDB_LOGGER:
