@@ -1,34 +1,34 @@
 """``ResumableDataLoader``: a training DataLoader that continues an epoch exactly after a crash.
 
 Lightning saves the ``state_dict`` of a train loader that has one with every checkpoint, and
-hands it back through ``load_state_dict`` when ``fit`` resumes (``ckpt_path``). This loader keeps
-its randomness apart from the rest of the run: the shuffle and the worker seeds come from its own
-``torch.Generator``, and with ``num_workers=0`` the augmentations run under its own copy of the
-global random states (torch, NumPy, Python), swapped in while a batch is made. Its state is how
-many batches the epoch has yielded, those private random states at the epoch's start and now, and
-the global random states (what MixUp or dropout draw from). On resume it restores the global
-states at once, then replays the interrupted epoch from the epoch-start states, dropping the
-batches already trained on (they are loaded again, not trained on), so training goes on as if it
-had never stopped.
+hands it back through ``load_state_dict`` when ``fit`` resumes (``ckpt_path``). This loader draws
+all its randomness from its own ``torch.Generator``: the shuffle, the workers' seeds, and, before
+each batch is made, a fresh seed for the global CPU random generators of torch, NumPy and Python
+(so augmentations in the main process, and what runs between batches such as MixUp, depend on
+the batch alone, not on anything else in the run). Its state is the generator's state at the
+epoch's start and now, how many batches the epoch has yielded, and the global random states. On
+resume it restores the global states at once, then replays the interrupted epoch from the
+epoch-start state, dropping the batches already trained on (they are loaded again, not trained
+on), so training goes on as if it had never stopped.
 
 Exact on one device for ``num_workers=0`` or non-persistent workers, from any checkpoint that
 Lightning's ``ModelCheckpoint`` writes (mid-epoch or at the end of an epoch). With persistent
 workers the sample order is exact but random augmentations after the resume differ (the workers'
 random streams restart); with ``limit_train_batches`` an end-of-epoch checkpoint looks like a
 mid-epoch one and the next epoch's order differs. Under DDP the sampler is Lightning's
-``DistributedSampler`` (seeded by epoch) and every rank restores rank 0's states.
+``DistributedSampler`` (seeded by epoch) and every rank restores rank 0's global states.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 __all__ = ["ResumableDataLoader", "get_rng_states", "set_rng_states"]
@@ -63,36 +63,15 @@ class ResumableDataLoader(DataLoader):
         kwargs["generator"] = generator
         super().__init__(*args, **kwargs)
         self._yielded = 0
-        self._epoch_start: dict[str, Any] | None = None
-        self._augment_rng: dict[str, Any] | None = None
+        self._epoch_start: Tensor | None = None
         self._resume: dict[str, Any] | None = None
 
-    def _private_states(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "augment": self._augment_rng}
-
-    def _set_private_states(self, states: dict[str, Any]) -> None:
-        self.generator.set_state(states["generator"])
-        self._augment_rng = states["augment"]
-
-    @contextmanager
-    def _augment_random_states(self) -> Iterator[None]:
-        """With ``num_workers=0``: make the batch under this loader's own global random states."""
-        if self.num_workers > 0:
-            yield
-            return
-        outer = get_rng_states(include_cuda=False)
-        if self._augment_rng is None:
-            seed = int(torch.randint(0, 2**32, (), generator=self.generator))
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
-        else:
-            set_rng_states(self._augment_rng)
-        try:
-            yield
-        finally:
-            self._augment_rng = get_rng_states(include_cuda=False)
-            set_rng_states(outer)
+    def _reseed_global(self) -> None:
+        """Seed the global CPU random generators from this loader's generator."""
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=self.generator))
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._batches()
@@ -101,16 +80,15 @@ class ResumableDataLoader(DataLoader):
         resume, self._resume = self._resume, None
         skip = 0
         if resume is not None and 0 < resume["yielded"] < len(self):
-            self._set_private_states(resume["epoch_start"])
+            self.generator.set_state(resume["epoch_start"])
             skip = resume["yielded"]
         elif resume is not None:
-            self._set_private_states(resume["current"])
-        self._epoch_start, self._yielded = self._private_states(), 0
-        with self._augment_random_states():
-            batches = super().__iter__()
+            self.generator.set_state(resume["current"])
+        self._epoch_start, self._yielded = self.generator.get_state(), 0
+        batches = super().__iter__()
         while True:
-            with self._augment_random_states():
-                batch = next(batches, None)
+            self._reseed_global()
+            batch = next(batches, None)
             if batch is None:
                 return
             self._yielded += 1
@@ -124,7 +102,7 @@ class ResumableDataLoader(DataLoader):
         return {
             "yielded": self._yielded,
             "epoch_start": self._epoch_start,
-            "current": self._private_states(),
+            "current": self.generator.get_state(),
             "global": get_rng_states(),
         }
 

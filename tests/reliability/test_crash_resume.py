@@ -44,12 +44,16 @@ def test_1_fit_killed_mid_epoch_resumes_from_last_to_identical_weights_and_metri
 
 @pytest.mark.slow
 def test_1_resume_from_a_checkpoint_after_an_epochs_last_step_is_exact(
-    image_tree: Path, reference_run: Path, tmp_path: Path
+    image_tree: Path, tmp_path: Path
 ) -> None:
-    every_4 = ("--checkpoint.every_n_train_steps", "4")  # step 8 ends epoch 1, before validation
-    crash_then_resume(image_tree, tmp_path, 10, *every_4)
-    assert sorted(recorded_losses(tmp_path)) == list(range(9, 13))
-    assert run_differences(reference_run, tmp_path) == {}
+    """The in-memory pipeline (batch-level augmentation); step 8 ends epoch 1, and its
+    checkpoint comes before that epoch's validation."""
+    extra = ("--data.init_args.in_memory", "true", "--checkpoint.every_n_train_steps", "4")
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert bnn(*fit_args(image_tree, reference, *extra)).returncode == 0
+    crash_then_resume(image_tree, run, 10, *extra)
+    assert sorted(recorded_losses(run)) == list(range(9, 13))
+    assert run_differences(reference, run) == {}
 
 
 def mtime(path: Path) -> int:
