@@ -75,9 +75,13 @@ class NonFiniteGuard(Callback):
         if not bad:
             value, rank = "not finite on another rank", ""
         checkpoint = last_checkpoint(trainer)
-        where = f"resume from {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+        then = (
+            f"resume from {checkpoint} (ckpt_path)"
+            if checkpoint
+            else "start again (no checkpoint yet)"
+        )
         raise NonFiniteLossError(
             f"Training loss is {value} at step {trainer.global_step} (epoch "
-            f"{trainer.current_epoch}, batch {self._batch_idx}{rank}); training stopped before "
-            f"the optimizer step: {where} (ckpt_path) with a lower lr, or fix the data."
+            f"{trainer.current_epoch}, batch {self._batch_idx}{rank}); stopped before the "
+            f"optimizer step: lower the lr or fix the data, then {then}."
         )
