@@ -66,20 +66,22 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or _world_size() == 1:
             return super().forward(input)
-        dims = [d for d in range(input.dim()) if d != 1]
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        count = torch.full((1,), input.numel() / input.shape[1], device=input.device)
-        sums = _all_reduce_sum(torch.cat([input.sum(dims), count.to(input.dtype)]))
+        x = input.float()  # statistics in float32, as F.batch_norm under autocast
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.full((1,), x.numel() / x.shape[1], device=x.device)
+        sums = _all_reduce_sum(torch.cat([x.sum(dims), count]))
         n = sums[-1].detach()
         mean = sums[:-1] / n
-        centered = input - mean.view(shape)
+        centered = x - mean.view(shape)
         var = _all_reduce_sum(centered.pow(2).sum(dims)) / n
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), float(n))
         out = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+            return out.to(torch.promote_types(input.dtype, self.weight.dtype))
+        return out.to(input.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:
@@ -90,8 +92,9 @@ class GlobalBatchNorm(_BatchNorm):
         momentum = self.momentum
         if momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked)
-        self.running_mean.lerp_(mean, momentum)
-        self.running_var.lerp_(var * n / max(n - 1, 1.0), momentum)
+        unbiased = var * n / max(n - 1, 1.0)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
 
 def _rebuild(module: _BatchNorm, cls: type[BN]) -> BN:
