@@ -153,6 +153,12 @@ def wandb_has_api_key() -> bool:
         return False
 
 
+def _data_root_exists(data: Namespace | None) -> bool:
+    """False when the DataModule config names a ``root`` that does not exist ($VARS expanded)."""
+    root = data.init_args.get("root") if isinstance(data, Namespace) else None
+    return root is None or Path(os.path.expandvars(root)).expanduser().exists()
+
+
 class BNNCLI(LightningCLI):
     """LightningCLI for :class:`~bnn_lightning.BNNClassifier` and the project's DataModules.
 
@@ -198,6 +204,12 @@ class BNNCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_subclass_arguments(
+            ImageDataModule,
+            "data_fallback",
+            required=False,
+            help="DataModule used instead of data when data's root does not exist.",
+        )
         parser.add_argument(
             "--channels_last", type=bool, default=False, help="Run the net in channels_last."
         )
@@ -206,19 +218,27 @@ class BNNCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Put checkpoints and W&B files under ``trainer.default_root_dir``; pick the W&B mode."""
+        """Pick the data; put checkpoints and W&B files under ``default_root_dir``; W&B mode."""
         config = self.config.get(str(self.subcommand), self.config)
-        root = Path(config.trainer.default_root_dir or "runs")
-        config.trainer.default_root_dir = str(root)
+        fallback, config.data_fallback = config.get("data_fallback"), None
+        root = config.data.init_args.get("root") if config.get("data") else None
+        if (
+            fallback is not None
+            and root
+            and not Path(os.path.expandvars(root)).expanduser().exists()
+        ):
+            config.data = fallback
+        out = Path(config.trainer.default_root_dir or "runs")
+        config.trainer.default_root_dir = str(out)
         if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(root / "checkpoints")
+            config.checkpoint.dirpath = str(out / "checkpoints")
         if config.trainer.enable_checkpointing is False:  # the always-on callback saves nothing
             config.trainer.enable_checkpointing = None
             config.checkpoint.save_top_k, config.checkpoint.save_last = 0, False
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace) and logger.get("class_path") == WANDB_LOGGER:
-                self._configure_wandb(logger, root)
+                self._configure_wandb(logger, out)
 
     @staticmethod
     def _configure_wandb(logger: Namespace, root: Path) -> None:
@@ -277,5 +297,9 @@ class BNNCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls)."""
+    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls).
+
+    ``$BNN_DATA_DIR``, which configs use for the offline archives, defaults to ``../shared/data``.
+    """
+    os.environ.setdefault("BNN_DATA_DIR", "../shared/data")
     BNNCLI(args=args)

@@ -13,6 +13,7 @@ from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 
 from bnn_lightning.checkpoints import net_from_checkpoint
 from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.data import CIFAR10DataModule
 from bnn_lightning.export import load_packed
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -68,6 +69,16 @@ def test_num_classes_is_linked_from_the_datamodule(
     assert cli.model.num_classes == expected
     assert cli.model.net.fc.out_features == expected
     assert cli.model.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
+    cli = BNNCLI(args=["--config", str(QUICKSTART), *tiny_run_args(tmp_path)], run=False)
+    assert isinstance(cli.datamodule, CIFAR10DataModule)
+    assert cli.datamodule.download and cli.datamodule.val_size == 5000
+    assert cli.model.net.fc.out_features == 10
 
 
 def read_csv_epochs(folder: Path) -> set[int]:
