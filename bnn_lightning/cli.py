@@ -13,7 +13,7 @@ What it adds to plain LightningCLI:
 - ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
 - A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
   in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
-- A ``WandbLogger`` without its ``save_dir`` writes under ``trainer.default_root_dir``; it runs
+- A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
 - ``channels_last`` and ``compile`` speed switches for the network.
@@ -153,6 +153,21 @@ def wandb_has_api_key() -> bool:
         return False
 
 
+def _configure_logger(logger: Namespace, out: Path) -> None:
+    """Logs under ``out`` unless ``save_dir`` is set; W&B offline without an API key, and a
+    CSVLogger in the same place when ``WANDB_MODE=disabled``."""
+    init = logger.init_args
+    if "save_dir" in init and init.save_dir in (None, "."):
+        init.save_dir = str(out)
+    if logger.class_path != WANDB_LOGGER:
+        return
+    if os.environ.get("WANDB_MODE") == "disabled":
+        logger.class_path = CSV_LOGGER
+        logger.init_args = Namespace(save_dir=init.save_dir, name=init.get("name") or "csv")
+    elif not init.get("offline") and not wandb_has_api_key():
+        os.environ.setdefault("WANDB_MODE", "offline")
+
+
 def _data_root_exists(data: Namespace | None) -> bool:
     """False when the DataModule config names a ``root`` that does not exist ($VARS expanded)."""
     root = data.init_args.get("root") if isinstance(data, Namespace) else None
@@ -218,15 +233,10 @@ class BNNCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Pick the data; put checkpoints and W&B files under ``default_root_dir``; W&B mode."""
+        """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode."""
         config = self.config.get(str(self.subcommand), self.config)
         fallback, config.data_fallback = config.get("data_fallback"), None
-        root = config.data.init_args.get("root") if config.get("data") else None
-        if (
-            fallback is not None
-            and root
-            and not Path(os.path.expandvars(root)).expanduser().exists()
-        ):
+        if fallback is not None and not _data_root_exists(config.get("data")):
             config.data = fallback
         out = Path(config.trainer.default_root_dir or "runs")
         config.trainer.default_root_dir = str(out)
@@ -237,22 +247,8 @@ class BNNCLI(LightningCLI):
             config.checkpoint.save_top_k, config.checkpoint.save_last = 0, False
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if isinstance(logger, Namespace) and logger.get("class_path") == WANDB_LOGGER:
-                self._configure_wandb(logger, out)
-
-    @staticmethod
-    def _configure_wandb(logger: Namespace, root: Path) -> None:
-        """Offline without an API key; a CSVLogger in the same place when W&B is disabled."""
-        init = logger.init_args
-        if init.get("save_dir") in (None, "."):
-            init.save_dir = str(root)
-        if os.environ.get("WANDB_MODE") == "disabled":
-            name = init.get("name") or "csv"
-            logger.class_path = CSV_LOGGER
-            logger.init_args = Namespace(save_dir=init.save_dir, name=name)
-            return
-        if not init.get("offline") and not wandb_has_api_key():
-            os.environ.setdefault("WANDB_MODE", "offline")
+            if isinstance(logger, Namespace):
+                _configure_logger(logger, out)
 
     def after_instantiate_classes(self) -> None:
         """Apply the ``channels_last`` and ``compile`` switches to the network."""
