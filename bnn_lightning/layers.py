@@ -151,7 +151,7 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.quantized_weight()
         quantizer = self.input_quantizer
-        if self._fused(quantizer):
+        if self._fused(quantizer, x):
             x, padding = self._pad(x)  # the pad value is +-1 or 0, so sign() keeps it binary
             return ste_sign_conv2d(
                 x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
@@ -162,10 +162,12 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
-    def _fused(self, quantizer: nn.Module | None) -> bool:
-        """Whether the fused sign+conv kernel applies (clipped STE, binary padding, eager)."""
+    def _fused(self, quantizer: nn.Module | None, x: Tensor) -> bool:
+        """Whether the fused sign+conv kernel applies (clipped STE, binary padding, eager,
+        a device with autocast, so not the meta device that ``summary`` counts on)."""
         return (
             type(quantizer) is SteSign
+            and x.device.type in ("cpu", "cuda")
             and self.pad_value in (0.0, 1.0, -1.0)
             and not torch.compiler.is_compiling()
         )

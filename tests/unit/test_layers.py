@@ -152,10 +152,11 @@ def test_fused_sign_conv_equals_the_generic_path(
     generic = L.BinaryConv2d(4, 6, 3, stride, 1, groups=groups, bias=bias, pad_value=pad_value)
     generic.load_state_dict(fused.state_dict())
     generic.input_quantizer = _GenericSteSign()
-    assert fused._fused(fused.input_quantizer) and not generic._fused(generic.input_quantizer)
     x = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last)
     x[0, :, 0] = 0.0
     x[1, :, 1] = 1.0  # on the clip boundary: the gradient passes
+    assert fused._fused(fused.input_quantizer, x)
+    assert not generic._fused(generic.input_quantizer, x)
     outs, grads = [], []
     for layer in (fused, generic):
         xi = x.clone().requires_grad_(True)
