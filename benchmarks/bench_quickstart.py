@@ -2,9 +2,8 @@
 
 Runs the command of ``make train`` (``bnn fit --config configs/cifar10/quickstart.yaml``, here as
 ``python -m bnn_lightning fit ...`` with this interpreter) in a subprocess from the repository
-root. Two arguments are added: ``--trainer.default_root_dir`` in a temporary folder, so that the
-run's checkpoints do not replace those of your own ``make train``, and, when ``BNN_DATA_DIR`` is
-set (``make`` sets it), ``--data.init_args.root`` pointing at the archive there. The wall time is
+root, with one argument added: ``--trainer.default_root_dir`` in a temporary folder, so that the
+run's checkpoints and logs do not replace those of your own ``make train``. The wall time is
 measured around the subprocess: start-up, data loading, training and validation. The final
 validation metrics are read from the line the CLI prints after ``fit``. A training run is
 measured once (minutes long, it is its own average); the load average before and after it says
@@ -34,13 +33,9 @@ FINAL = re.compile(r"Final validation: (?P<metrics>.*?); binary layers (?P<modes
 
 
 def command(root_dir: Path) -> list[str]:
-    """``make train``'s command, with its checkpoints under ``root_dir``."""
-    cmd = [sys.executable, "-m", "bnn_lightning", "fit", "--config", CONFIG]
-    cmd += ["--trainer.default_root_dir", str(root_dir)]
-    data_dir = os.environ.get("BNN_DATA_DIR")
-    if data_dir:
-        cmd += ["--data.init_args.root", str(Path(data_dir) / "cifar10-jpeg-train.tar.gz")]
-    return cmd
+    """``make train``'s command, with its checkpoints and logs under ``root_dir``."""
+    config = ["fit", "--config", CONFIG, "--trainer.default_root_dir", str(root_dir)]
+    return [sys.executable, "-m", "bnn_lightning", *config]
 
 
 def parse_final(output: str) -> dict[str, Any]:
