@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -47,7 +47,26 @@ __all__ = ["BNNCLI", "BNNTrainer", "LoggerSaveConfigCallback", "input_size", "ma
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+HELP = """Train, evaluate, summarize and export binary neural networks from YAML configs.
+
+examples:
+  bnn fit --config configs/cifar10/quickstart.yaml           # what `make train` runs
+  bnn fit --config configs/cifar100/base.yaml --config configs/cifar100/stage1.yaml
+  bnn fit --config ... --ckpt_path last                      # resume the run
+  bnn fit --config ... --trainer.max_epochs 10 --print_config
+  bnn summary --config configs/imagenet/base.yaml            # bits, BOPs, FLOPs per layer
+  bnn export --config ... --ckpt_path last                   # 1-bit packed weights
+  bnn fit --help                                             # every option of a subcommand
+
+Configs compose (later files and flags win); outputs go to trainer.default_root_dir."""
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
+
+
+class _KeepLinesHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the description's line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
@@ -187,7 +206,9 @@ class BNNCLI(LightningCLI):
         self.start_time = time.perf_counter()
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": __doc__.split("\n")[0]})
+        kwargs.setdefault(
+            "parser_kwargs", {"description": HELP, "formatter_class": _KeepLinesHelpFormatter}
+        )
         super().__init__(
             BNNClassifier,
             ImageDataModule,
