@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -143,15 +144,24 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         panels.insert(0, (title, {"label": "images/s", "values": speed}))
     if not panels:
         return False
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    heights = [1.2 + 0.35 * len(panel["values"]) for _, panel in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(11, sum(heights) + 1), squeeze=False, height_ratios=heights
+    )
     for ax, (title, panel) in zip(axes[:, 0], panels, strict=True):
         labels, values = zip(*panel["values"].items(), strict=True)
-        ax.barh(labels, values, color="tab:blue")
-        ax.set_title(title, fontsize=10)
+        colors = ["tab:gray" if "float" in label else "tab:blue" for label in labels]
+        ax.barh(labels, values, color=colors)
+        ax.set_title(textwrap.fill(title, 80), fontsize=10, loc="left")
         ax.set_xlabel(panel.get("label", ""))
+        if " / " in panel.get("label", ""):  # a ratio: mark parity
+            ax.axvline(1.0, color="k", linewidth=1, linestyle="--")
         ax.invert_yaxis()
     hw = results["hardware"]
-    fig.suptitle(f"{results['date']} · {hw['cpu']} · {hw['cores']} cores · torch {hw['torch']}")
+    fig.suptitle(
+        f"{results['date']} · {hw['cpu']} · {hw['cores']} cores · torch {hw['torch']} · "
+        f"load {hw['load_avg_1m']} -> {results.get('load_avg_end')}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
