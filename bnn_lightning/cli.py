@@ -35,18 +35,16 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.layers import Mode, get_modes
+from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.summary import ModelSummary, summary
 
 __all__ = ["BNNCLI", "BNNTrainer", "LoggerSaveConfigCallback", "input_size", "main"]
 
-WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
-CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 HELP = """Train, evaluate, summarize and export binary neural networks from YAML configs.
 
 examples:
@@ -158,35 +156,6 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config, **model_summary})
 
 
-def wandb_has_api_key() -> bool:
-    """True when ``WANDB_API_KEY`` is set or the netrc file (``$NETRC`` or ``~/.netrc``) has one."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].rstrip("/")
-    try:
-        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _configure_logger(logger: Namespace, out: Path) -> None:
-    """Logs under ``out`` unless ``save_dir`` is set; W&B offline without an API key, and a
-    CSVLogger in the same place when ``WANDB_MODE=disabled``."""
-    init = logger.init_args
-    if "save_dir" in init and init.save_dir in (None, "."):
-        init.save_dir = str(out)
-    if logger.class_path != WANDB_LOGGER:
-        return
-    if os.environ.get("WANDB_MODE") == "disabled":
-        logger.class_path = CSV_LOGGER
-        logger.init_args = Namespace(save_dir=init.save_dir, name=init.get("name") or "csv")
-    elif not init.get("offline") and not wandb_has_api_key():
-        os.environ.setdefault("WANDB_MODE", "offline")
-
-
 def _data_root_exists(data: Namespace | None) -> bool:
     """False when the DataModule config names a ``root`` that does not exist ($VARS expanded)."""
     root = data.init_args.get("root") if isinstance(data, Namespace) else None
@@ -269,7 +238,7 @@ class BNNCLI(LightningCLI):
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace):
-                _configure_logger(logger, out)
+                configure_logger(logger, out)
 
     def after_instantiate_classes(self) -> None:
         """Apply the ``channels_last`` and ``compile`` switches to the network."""
@@ -307,10 +276,7 @@ class BNNCLI(LightningCLI):
 
     def finish_loggers(self) -> None:
         """Close the W&B run, so its files are complete and a next in-process run is a new one."""
-        if any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers):
-            import wandb
-
-            wandb.finish()
+        finish_wandb(self.trainer.loggers)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -21,7 +21,8 @@ from fakes import CONFIGS, allow_fake_cifar, tiny_data_args, tiny_run_args
 from lightning.pytorch.loggers import CSVLogger
 from wandb.proto import wandb_internal_pb2
 
-from bnn_lightning.cli import BNNCLI, main, wandb_has_api_key
+from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.loggers import wandb_has_api_key
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
