@@ -27,7 +27,8 @@ from bnn_lightning.models.blocks import (
 __all__ = ["ARCHS", "BinaryResNet"]
 
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
-    # Bi-Real style: each original basic block of ResNet-18/34 becomes two BasicBlocks.
+    # Bi-Real style: each original basic block of ResNet-10/18/34 becomes two BasicBlocks.
+    "resnet10": ("basic", (2, 2, 2, 2)),
     "resnet18": ("basic", (4, 4, 4, 4)),
     "resnet34": ("basic", (6, 8, 12, 6)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
@@ -38,8 +39,9 @@ class BinaryResNet(nn.Module):
     """A binary ResNet: real-valued stem, binary blocks, real-valued pooled classifier.
 
     Args:
-        arch: ``resnet18`` / ``resnet34`` (16 / 32 :class:`BasicBlock` s, each original basic
-            block split in two) or ``resnet50`` (:class:`Bottleneck` s in stages of 3, 4, 6, 3).
+        arch: ``resnet10`` / ``resnet18`` / ``resnet34`` (8 / 16 / 32 :class:`BasicBlock` s, each
+            original basic block split in two; ``resnet10`` is the quickstart's fast network) or
+            ``resnet50`` (:class:`Bottleneck` s in stages of 3, 4, 6, 3).
         num_classes: Classifier outputs (linked from the datamodule by the CLI).
         stem: ``cifar`` (3x3 stride 1) or ``imagenet`` (7x7 stride 2 + 3x3 max-pool).
         width: Channels after the stem; stages have ``width * (1, 2, 4, 8)`` planes.
