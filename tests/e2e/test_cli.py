@@ -94,7 +94,7 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     first, second = tmp_path / "first", tmp_path / "second"
     main(["fit", *quick_args(tmp_path), *two_steps(1)])
     out = capsys.readouterr().out
-    assert "Final validation: val/acc_top1=" in out and "binary layers {'binary': 16}" in out
+    assert "Final validation: val/acc_top1=" in out and "binary layers {'binary': 8}" in out
     ckpt_dir = tmp_path / "run" / "checkpoints"
     best = list(ckpt_dir.glob("best-epoch000*.ckpt"))
     assert len(best) == 1 and (ckpt_dir / "last.ckpt").is_file()
