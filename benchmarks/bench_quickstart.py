@@ -42,7 +42,10 @@ def parse_final(output: str) -> dict[str, Any]:
     """The metrics (``{"val/acc_top1": 0.61, ...}``) and layer modes of the CLI's final line."""
     found = FINAL.findall(output)
     if not found:
-        raise RuntimeError("The quickstart printed no 'Final validation' line; see its log above.")
+        raise RuntimeError(
+            f"The quickstart printed no 'Final validation' line; its output ends with:\n"
+            f"{output[-2000:]}"
+        )
     metrics, modes = found[-1]
     values = dict(pair.split("=", 1) for pair in metrics.split(", ") if "=" in pair)
     return {"metrics": {k: float(v) for k, v in values.items()}, "modes": modes}
