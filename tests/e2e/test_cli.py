@@ -75,7 +75,8 @@ def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
-    cli = BNNCLI(args=["--config", str(QUICKSTART), *tiny_run_args(tmp_path)], run=False)
+    args = ["--config", str(QUICKSTART), *tiny_run_args(tmp_path, logger_dir=False)]
+    cli = BNNCLI(args=args, run=False)  # the config as it is, only the network narrower
     assert isinstance(cli.datamodule, CIFAR10DataModule)
     assert cli.datamodule.download and cli.datamodule.val_size == 5000
     assert cli.model.net.fc.out_features == 10
