@@ -26,7 +26,7 @@ from reliability_helpers import (
 
 from bnn_lightning.cli import BNNCLI
 from bnn_lightning.data import ImageFolderDataModule
-from bnn_lightning.models import BinaryResNet, create_model
+from bnn_lightning.models import BinaryResNet, create_model, list_models
 from bnn_lightning.module import BNNClassifier
 
 
@@ -46,10 +46,14 @@ def test_4_unknown_quantizer_name_lists_the_valid_ones(key: str) -> None:
 def test_4_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError) as err:
         create_model("resnet19_cifar")
-    assert one_line(err).startswith("Unknown model 'resnet19_cifar'; use one of resnet18,")
+    names = ", ".join(list_models())
+    assert one_line(err) == f"Unknown model 'resnet19_cifar'; use one of {names}."
     with pytest.raises(ValueError) as err:
         BinaryResNet(arch="resnet19")
-    assert one_line(err) == "Unknown arch 'resnet19'; use one of resnet18, resnet34, resnet50."
+    assert (
+        one_line(err)
+        == "Unknown arch 'resnet19'; use one of resnet10, resnet18, resnet34, resnet50."
+    )
 
 
 def test_4_unknown_model_class_in_the_cli_names_the_key(
