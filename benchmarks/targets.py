@@ -2,8 +2,10 @@
 
 Reads the rows of the benchmark modules (``binary_vs_float``, ``compiled``, ``data``, ``export``,
 ``quickstart``) and returns one line per measurement: what, the value, the target and whether it
-is met (``None`` where the issue sets no target). A measurement whose benchmark did not run
-(``--only``, ``--quick``, an error) is reported as not measured instead of failing the summary.
+is met (``None`` where the issue sets no target). Timing ratios come from the medians; ``best`` is
+the same ratio from the fastest repeat of each side, the one least disturbed by other processes
+on a shared machine. A measurement whose benchmark did not run (``--only``, ``--quick``, an error)
+is reported as not measured instead of failing the summary.
 """
 
 from __future__ import annotations
@@ -26,25 +28,52 @@ def line(
     unit: str,
     target: str = "—",
     ok: Callable[[float], bool] | None = None,
+    best: float | None = None,
 ) -> Line:
     """One summary line; ``unit`` is ``x`` (a ratio), ``%`` (a fraction) or a word."""
-    if value is None:
-        shown = NOT_MEASURED
-    elif unit == "x":
-        shown = f"{value:.2f}x"
-    elif unit == "%":
-        shown = f"{100 * value:.1f}%"
-    else:
-        shown = f"{value:.3g} {unit}"
     met = None if value is None or ok is None else bool(ok(value))
     return {
         "item": item,
         "measure": measure,
-        "value": shown,
+        "value": _show(value, unit),
         "number": value,
+        "best": "—" if best is None else _show(best, unit),
         "target": target,
         "met": met,
     }
+
+
+def _show(value: float | None, unit: str) -> str:
+    if value is None:
+        return NOT_MEASURED
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{100 * value:.1f}%"
+    return f"{value:.3g} {unit}"
+
+
+def _median_ms(row: dict[str, Any]) -> float | None:
+    return row.get("median_ms")
+
+
+def _fastest_ms(row: dict[str, Any]) -> float | None:
+    """The fastest repeat in ms: the first number of the row's ``spread_ms`` (``"min-max"``)."""
+    head = str(row.get("spread_ms", "")).split("-")[0]
+    try:
+        return float(head)
+    except ValueError:
+        return None
+
+
+def _ratio(
+    top: dict[str, Any] | None,
+    bottom: dict[str, Any] | None,
+    of: Callable[[dict[str, Any]], float | None],
+) -> float | None:
+    """``of(top) / of(bottom)``, None when either is missing."""
+    a, b = (of(top), of(bottom)) if top and bottom else (None, None)
+    return a / b if a is not None and b else None
 
 
 def _setting(row: dict[str, Any]) -> str:
@@ -68,25 +97,17 @@ def item1(results: dict[str, Any]) -> list[Line]:
     lines = []
     for setting in ("fp32 eager", "bf16 + channels_last", "compiled"):
         binary, float_ = rows.get((setting, "binary")), rows.get((setting, "float"))
-        ratio = binary["median_ms"] / float_["median_ms"] if binary and float_ else None
-        lines.append(
-            line(
-                "1",
-                f"ResNet-18 train step time, binary / float, {setting}",
-                ratio,
-                "x",
-                "<= 1.10x",
-                lambda v: v <= 1.10,
-            )
-        )
+        measure = f"ResNet-18 train step time, binary / float, {setting}"
+        ratio, best = _ratio(binary, float_, _median_ms), _ratio(binary, float_, _fastest_ms)
+        lines.append(line("1", measure, ratio, "x", "<= 1.10x", lambda v: v <= 1.10, best))
     eager = rows.get(("fp32 eager", "binary"))
     for setting, target in (("bf16 + channels_last", ">= 2x"), ("compiled", "—")):
-        row = rows.get((setting, "binary"))
-        speedup = row["items_per_s"] / eager["items_per_s"] if row and eager else None
+        row = rows.get((setting, "binary"))  # same batch: images/s ratio = inverse time ratio
+        speedup, best = _ratio(eager, row, _median_ms), _ratio(eager, row, _fastest_ms)
         check = (lambda v: v >= 2.0) if target != "—" else None
         default = " (the quickstart's setting)" if setting != "compiled" else ""
         measure = f"binary images/s, {setting}{default} / fp32 eager"
-        lines.append(line("1", measure, speedup, "x", target, check))
+        lines.append(line("1", measure, speedup, "x", target, check, best))
     return lines
 
 

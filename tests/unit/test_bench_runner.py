@@ -19,7 +19,7 @@ import targets  # noqa: E402
 STEP = "ResNet-18 cifar w64 batch 128 train step, "
 
 
-def step_row(setting: str, mode: str, ms: float, **extra: float) -> dict[str, Any]:
+def step_row(setting: str, mode: str, ms: float, **extra: Any) -> dict[str, Any]:
     return {
         "setting": STEP + setting,
         "mode": mode,
@@ -49,8 +49,10 @@ def fake_results() -> dict[str, Any]:
                 "title": "binary vs float",
                 "rows": [
                     {"setting": "8x(BN, conv3x3 64ch)", "mode": "binary", "median_ms": 1.0},
-                    step_row("fp32 eager", "binary", 1000.0, memory_ratio=0.9),
-                    step_row("fp32 eager", "float", 1000.0),
+                    step_row(
+                        "fp32 eager", "binary", 1000.0, memory_ratio=0.9, spread_ms="800-3000"
+                    ),
+                    step_row("fp32 eager", "float", 1000.0, spread_ms="1000-2000"),
                     step_row("bf16 autocast + channels_last", "binary", 440.0, memory_ratio=1.2),
                     step_row("bf16 autocast + channels_last", "float", 400.0),
                 ],
@@ -83,6 +85,7 @@ def test_summary_ratios_and_targets() -> None:
     summary = by_measure(targets.summarize(fake_results()))
     fp32 = summary["ResNet-18 train step time, binary / float, fp32 eager"]
     assert (fp32["number"], fp32["value"], fp32["met"]) == (1.0, "1.00x", True)
+    assert fp32["best"] == "0.80x"  # fastest repeats: 800 ms / 1000 ms
     bf16 = summary["ResNet-18 train step time, binary / float, bf16 + channels_last"]
     assert bf16["number"] == pytest.approx(1.1) and bf16["met"] is True  # 1.10x is within target
     speedup = summary[
@@ -91,6 +94,7 @@ def test_summary_ratios_and_targets() -> None:
     assert speedup["number"] == pytest.approx(1000 / 440) and speedup["met"] is True
     compiled = summary["binary images/s, compiled / fp32 eager"]
     assert compiled["number"] == pytest.approx(1000 / 300) and compiled["met"] is None
+    assert compiled["best"] == "—"  # no spread recorded
     memory = summary["ResNet-18 train step peak memory, binary / float, bf16 + channels_last"]
     assert memory["met"] is False
     data = summary["CIFAR, PIL: loader / training step images/s (best workers)"]
@@ -113,8 +117,8 @@ def test_markdown_report_and_plot(tmp_path: Path) -> None:
     text = runner.markdown(results)
     assert "load average (1 min) 2.5 at the start, 3.5 at the end" in text.lower()
     assert (
-        "| 1 | ResNet-18 train step time, binary / float, fp32 eager | 1.00x | <= 1.10x | yes |"
-        in text
+        "| 1 | ResNet-18 train step time, binary / float, fp32 eager | 1.00x | 0.80x | <= 1.10x "
+        "| yes |" in text
     )
     assert "| **no** |" in text  # the bf16 memory ratio misses its target
     assert "Traceback ..." in text  # a failed benchmark shows its error
@@ -148,3 +152,13 @@ def test_quick_quickstart_reuses_the_latest_full_measurement(tmp_path: Path) -> 
         {"rows": [{"wall_min": 8.0}]},
     )
     assert bench_quickstart.latest_full_result(tmp_path / "missing") is None
+
+
+def test_render_rewrites_the_report_of_a_results_file(tmp_path: Path) -> None:
+    path = tmp_path / "2026-01-01_0000.json"
+    path.write_text(json.dumps(fake_results()))
+    assert runner.main(["--render", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert len(results["summary"]) == len(targets.summarize(fake_results()))
+    assert "## Summary" in path.with_suffix(".md").read_text()
+    assert path.with_suffix(".png").stat().st_size > 0
