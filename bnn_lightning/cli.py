@@ -16,7 +16,8 @@ What it adds to plain LightningCLI:
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
-- ``channels_last`` and ``compile`` speed switches for the network.
+- ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
+  (``auto`` leaves cores that other busy processes use alone, see :func:`auto_threads`).
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
   writes a checkpoint's network with 1-bit packed weights
   (:func:`bnn_lightning.export.export_checkpoint`).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import DefaultHelpFormatter, Namespace
@@ -43,7 +44,14 @@ from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.summary import ModelSummary, summary
 
-__all__ = ["BNNCLI", "BNNTrainer", "LoggerSaveConfigCallback", "input_size", "main"]
+__all__ = [
+    "BNNCLI",
+    "BNNTrainer",
+    "LoggerSaveConfigCallback",
+    "auto_threads",
+    "input_size",
+    "main",
+]
 
 HELP = """Train, evaluate, summarize and export binary neural networks from YAML configs.
 
@@ -65,6 +73,18 @@ class _KeepLinesHelpFormatter(DefaultHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def auto_threads() -> int:
+    """CPU cores minus those busy with other work (the 1-minute load average), at least 1.
+
+    PyTorch's OpenMP threads wait for each other by spinning: when another process keeps a core
+    busy, a thread per core makes every step wait for a descheduled thread, and training on a
+    2-core machine ran 5-7x slower than with one thread (see the README's quickstart section).
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - int(load + 0.5)))
 
 
 def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
@@ -221,6 +241,12 @@ class BNNCLI(LightningCLI):
         parser.add_argument(
             "--compile", type=bool, default=False, help="torch.compile the net (in place)."
         )
+        parser.add_argument(
+            "--threads",
+            type=int | Literal["auto"] | None,
+            default=None,
+            help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere), or null.",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode."""
@@ -241,8 +267,11 @@ class BNNCLI(LightningCLI):
                 configure_logger(logger, out)
 
     def after_instantiate_classes(self) -> None:
-        """Apply the ``channels_last`` and ``compile`` switches to the network."""
+        """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""
         config = self.config.get(str(self.subcommand), self.config)
+        threads = config.get("threads")
+        if threads is not None:
+            torch.set_num_threads(auto_threads() if threads == "auto" else threads)
         net = getattr(self.model, "net", self.model)
         if config.get("channels_last"):
             net.to(memory_format=torch.channels_last)
