@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 
 from bnn_lightning.checkpoints import net_from_checkpoint
-from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.cli import BNNCLI, auto_threads, main
 from bnn_lightning.data import CIFAR10DataModule
 from bnn_lightning.export import load_packed
 
@@ -80,6 +81,25 @@ def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
     assert isinstance(cli.datamodule, CIFAR10DataModule)
     assert cli.datamodule.download and cli.datamodule.val_size == 5000
     assert cli.model.net.fc.out_features == 10
+
+
+@pytest.mark.parametrize(("load", "expected"), [(0.1, 2), (1.2, 1), (3.7, 1)])
+def test_auto_threads_leaves_busy_cores_alone(
+    load: float, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert auto_threads() == expected
+
+
+def test_threads_switch_sets_torch_threads(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        BNNCLI(args=[*quick_args(tmp_path), "--threads", "1"], run=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_csv_epochs(folder: Path) -> set[int]:
