@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,6 @@ from bnn_lightning.export import (
 )
 from bnn_lightning.layers import binary_layers, get_modes, set_quantizers
 from bnn_lightning.models import BinaryResNet
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained_like(model: nn.Module) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,15 +35,6 @@ OPTIONS: list[dict[str, Any]] = [
     {"activation_quantizer": {"class_path": "bnn_lightning.quantizers.SwishSign"}},
 ]
 IMAGENET_OPTIONS = [{"stem_order": "conv-bn-relu-pool"}, {"stem_order": "conv-pool-bn-relu"}]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run 10x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _input(name: str, batch: int = 2) -> torch.Tensor:
