@@ -6,9 +6,12 @@ Each benchmark module exposes ``run(quick: bool = False) -> dict`` returning
 with a summary of issue 8's measurements against their targets (:mod:`targets`) and the load
 average of the machine at the start and the end of every benchmark.
 
-Usage: ``python benchmarks/run.py [--quick] [--only NAME ...] [--out DIR]``;
+Usage: ``python benchmarks/run.py [--quick] [--only NAME ...] [--threads N] [--out DIR]``;
 ``--render results/<date>.json`` rewrites that run's markdown and plot (e.g. after changing the
-report) without running anything.
+report) without running anything. On a machine shared with other jobs, ``--threads 1``: torch's
+OpenMP threads wait for each other at every op, and one that is descheduled stalls them all (on
+2 busy cores a training step took 5x longer on 2 threads than on 1). The quickstart's subprocess
+keeps torch's default, as ``make train`` does.
 """
 
 from __future__ import annotations
@@ -212,12 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="benchmark names (bench_<name>.py) to run")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument(
+        "--threads", type=int, help="torch threads for the in-process benchmarks (default: torch's)"
+    )
+    parser.add_argument(
         "--render", type=Path, help="rewrite the report of an existing results .json, no runs"
     )
     args = parser.parse_args(argv)
     if args.render:
         write(json.loads(args.render.read_text()), args.render.with_suffix(""))
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
     results = run_all(args.only, args.quick)
     write(results, args.out / results["date"])
