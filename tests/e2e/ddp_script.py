@@ -19,15 +19,19 @@ from bnn_lightning.cli import BNNCLI
 
 
 class FirstBatch(Callback):
-    """Remember the targets of the first training batch this rank received."""
+    """Remember the targets of this rank's first training batch and its BatchNorm classes."""
 
     targets: list[int] = []
+    norms: list[str] = []
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: tuple, batch_idx: int
     ) -> None:
         if batch_idx == 0:
             FirstBatch.targets = batch[1].tolist()
+            FirstBatch.norms = sorted(
+                {type(m).__name__ for m in pl_module.modules() if "Norm" in type(m).__name__}
+            )
 
 
 def main(out: Path) -> None:
@@ -47,6 +51,7 @@ def main(out: Path) -> None:
         "first_targets": FirstBatch.targets,
         "params_sum": params.sum().item(),
         "params_abs_sum": params.abs().sum().item(),
+        "norms_in_training": FirstBatch.norms,
         "val": {k: float(v) for k, v in cli.trainer.callback_metrics.items() if "val/" in k},
     }
     (out / f"rank{cli.trainer.global_rank}.json").write_text(json.dumps(report))

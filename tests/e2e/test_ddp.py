@@ -35,6 +35,7 @@ def test_two_cpu_processes_train_in_sync_and_save_a_loadable_checkpoint(tmp_path
     assert ranks[0]["first_targets"] != ranks[1]["first_targets"]  # each rank saw its own shard
     assert ranks[0]["params_sum"] == ranks[1]["params_sum"]  # gradients were all-reduced
     assert ranks[0]["val"] == ranks[1]["val"] and "val/acc_top1" in ranks[0]["val"]  # synced
+    assert ranks[0]["norms_in_training"] == ["GlobalBatchNorm"]  # the preset's BatchNorm sync
     net = net_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     params = torch.cat([p.detach().flatten().float() for p in net.parameters()])
     assert params.abs().sum().item() == pytest.approx(ranks[0]["params_abs_sum"], rel=1e-6)
