@@ -227,6 +227,7 @@ class BNNCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,  # a rerun rewrites last.ckpt
             }
         )
         parser.add_subclass_arguments(

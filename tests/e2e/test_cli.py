@@ -127,6 +127,7 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     main(["fit", *quick_args(tmp_path), *two_steps(2), "--ckpt_path", "last"])
     (ckpt_dir.parent / "csv").rename(second)
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert not list(ckpt_dir.glob("last-v*.ckpt"))  # the second run rewrote last.ckpt
     assert read_csv_epochs(first) == {0} and read_csv_epochs(second) == {1}
 
 
