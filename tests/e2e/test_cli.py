@@ -127,8 +127,11 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     main(["fit", *quick_args(tmp_path), *two_steps(2), "--ckpt_path", "last"])
     (ckpt_dir.parent / "csv").rename(second)
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
-    assert not list(ckpt_dir.glob("last-v*.ckpt"))  # the second run rewrote last.ckpt
     assert read_csv_epochs(first) == {0} and read_csv_epochs(second) == {1}
+
+    main(["fit", *quick_args(tmp_path), *two_steps(1)])  # a fresh rerun rewrites last.ckpt
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not list(ckpt_dir.glob("last-v*.ckpt"))
 
 
 def test_summary_and_export_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
