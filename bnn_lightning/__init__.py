@@ -47,7 +47,7 @@ from bnn_lightning.quantizers import (
     SwishSign,
     get_quantizer,
 )
-from bnn_lightning.schedules import WarmupCosineLR, WarmupMultiStepLR
+from bnn_lightning.schedules import LinearDecayLR, OneCycleLR, WarmupCosineLR, WarmupMultiStepLR
 from bnn_lightning.summary import ModelSummary, summary
 
 __version__ = "0.1.0"
@@ -73,9 +73,11 @@ __all__ = [
     "ImageFolderDataModule",
     "LeakyClip",
     "Lighting",
+    "LinearDecayLR",
     "MagnitudeAwareSign",
     "ModelSummary",
     "NonFiniteGuard",
+    "OneCycleLR",
     "PackedBinaryConv2d",
     "PackedFormatError",
     "QuantizedLayer",
