@@ -1,7 +1,8 @@
 """Channel attention gates for binary blocks: ``out = conv(sign(BN(x))) * gate(x)``.
 
-The seed rescales the output of each binary convolution by a real-valued gate computed from the
-block input ``x`` ("SE could be any channel attention module, such as SE-Net, CGD, CBAM, BAM").
+The HolmesShuan collection rescales the output of each binary convolution by a real-valued gate
+computed from the block input ``x``, Real-to-Binary's data-driven channel re-scaling (Martinez et
+al., ICLR 2020) ("SE could be any channel attention module, such as SE-Net, CGD, CBAM, BAM").
 Every gate here maps the real-valued block input ``x`` of shape ``(N, C_in, H, W)`` to a tensor
 with values in ``(0, 1)`` that broadcasts against the conv output ``(N, C_out, H / s, W / s)``:
 

@@ -1,14 +1,15 @@
 """Binary layers: ``nn.Conv2d`` / ``nn.Linear`` subclasses that quantize input and weight.
 
 As in timm's ``std_conv.py`` a binary layer only changes ``forward``: quantize the input, quantize
-the latent weight, then call the plain functional op. The four training modes of the seed are the
-same class with different quantizers:
+the latent weight, then call the plain functional op. The four training modes (the two-stage
+recipe of Real-to-Binary, Martinez et al. ICLR 2020, uses two of them) are the same class with
+different quantizers:
 
 ============================  =================  ==================
 mode                          input_quantizer    weight_quantizer
 ============================  =================  ==================
 ``float``                     None               None
-``binary_activations``        ste_sign           None        (the seed's stage 1)
+``binary_activations``        ste_sign           None        (stage 1)
 ``binary_weights``            None               magnitude_aware_sign
 ``binary``                    ste_sign           magnitude_aware_sign
 ============================  =================  ==================
@@ -120,9 +121,9 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         input_quantizer: Activation quantizer spec (see :func:`get_quantizer`), None = float.
         weight_quantizer: Weight quantizer spec, None = float. The latent float weight is what the
             optimizer updates; the quantized weight is what the forward pass uses.
-        pad_value: Value of the zero-padding ring. The default 0 is what the seed and most BNN
-            papers use (it is a third value, so the padded border is not strictly binary); -1 or
-            +1 keeps the convolution truly binary, as larq's ``pad_values``.
+        pad_value: Value of the zero-padding ring. The default 0 is what most BNN papers and the
+            HolmesShuan collection use (it is a third value, so the padded border is not strictly
+            binary); -1 or +1 keeps the convolution truly binary, as larq's ``pad_values``.
         **kwargs: Everything ``nn.Conv2d`` takes (``groups`` included).
     """
 

@@ -108,8 +108,8 @@ class SteSign(Quantizer):
     Forward: ``q(x) = +1 if x >= 0 else -1``.
     Backward: ``dq/dx = 1 if |x| <= clip else 0``.
 
-    The seed's ``BinActive``; Courbariaux et al., "BinaryConnect" (2015) and Hubara et al.,
-    "Binarized Neural Networks" (2016); Rastegari et al., "XNOR-Net" (2016).
+    ``BinActive`` of the HolmesShuan collection; Courbariaux et al., "BinaryConnect" (2015) and
+    Hubara et al., "Binarized Neural Networks" (2016); Rastegari et al., "XNOR-Net" (2016).
 
     Args:
         clip: Half-width of the interval where the gradient passes.
@@ -216,13 +216,13 @@ class MagnitudeAwareSign(Quantizer):
 
 
 class LeakyClip(Quantizer):
-    r"""The seed's leaky clip, a real-valued step of the progressive activation curriculum.
+    r"""Leaky clip, a real-valued step of the HolmesShuan collection's activation curriculum.
 
     Forward: ``q(x) = x`` for ``|x| <= 1``, else ``0.1 x + 0.9 sign(x)``.
     Backward: 1 inside ``[-1, 1]``, ``slope`` outside.
 
     Args:
-        slope: Slope outside ``[-1, 1]`` (the seed uses 0.1).
+        slope: Slope outside ``[-1, 1]`` (the HolmesShuan collection uses 0.1).
     """
 
     def __init__(self, slope: float = 0.1) -> None:
@@ -246,7 +246,7 @@ class Clamp(Quantizer):
 
 
 class ReLU(Quantizer):
-    """ReLU: the curriculum's first, full-precision step (the seed's ``BinActive(bin=False)``)."""
+    """ReLU: the curriculum's first, full-precision step (HolmesShuan's ``BinActive(False)``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)

@@ -1,7 +1,7 @@
-"""Binary ResNet-18 / 34 / 50 from the seed's blocks (see :mod:`bnn_lightning.models.blocks`).
+"""Binary ResNet-18 / 34 / 50 of the HolmesShuan collection's blocks (:mod:`~.models.blocks`).
 
 ResNet-18 and ResNet-34 follow Bi-Real Net: each original basic block (two 3x3 convs) becomes
-two :class:`BasicBlock` s, so every binary conv has its own shortcut. ResNet-50 stacks the seed's
+two :class:`BasicBlock` s, so every binary conv has its own shortcut. ResNet-50 stacks its
 binary :class:`Bottleneck`. Stem, widths, shortcut, gates, quantizers and the training mode are
 constructor arguments, so a YAML config reaches every variant.
 """
@@ -46,14 +46,14 @@ class BinaryResNet(nn.Module):
         stem: ``cifar`` (3x3 stride 1) or ``imagenet`` (7x7 stride 2 + 3x3 max-pool).
         width: Channels after the stem; stages have ``width * (1, 2, 4, 8)`` planes.
         stem_order: ``conv-bn-relu-pool`` or ``conv-pool-bn-relu``.
-        downsample: Shortcut of strided blocks, ``v1`` (default, the seed's), ``v2`` or ``v3``.
+        downsample: Shortcut of strided blocks, ``v1`` (default), ``v2`` or ``v3``.
         attention: Gate on every binary 3x3 conv: ``none``, ``se``, ``eca`` or ``cbam``.
         groups: Groups of the binary 3x3 convs; must divide ``width``.
-        bn_momentum: Momentum of every BatchNorm. Default 0.2, the seed's recommendation (a
-            marginal gain); PyTorch's default is 0.1.
+        bn_momentum: Momentum of every BatchNorm. Default 0.2, the HolmesShuan collection's
+            recommendation (a marginal gain); PyTorch's default is 0.1.
         activation_quantizer: Quantizer spec for binarized activations (name or class_path dict).
         weight_quantizer: Quantizer spec for binarized weights.
-        mode: ``binary`` (default), ``binary_activations`` (the seed's stage 1),
+        mode: ``binary`` (default), ``binary_activations`` (stage 1 of the two-stage recipe),
             ``binary_weights`` or ``float``: which of the two quantizers the binary layers use.
             :func:`bnn_lightning.layers.set_mode` switches it later with the same state_dict.
         binary_stem: Make the first conv a :class:`BinaryConv2d` (default real-valued).
