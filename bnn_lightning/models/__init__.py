@@ -20,6 +20,7 @@ from bnn_lightning.models.blocks import (
     make_stem,
 )
 from bnn_lightning.models.resnet import ARCHS, BinaryResNet
+from bnn_lightning.registry import Registry
 
 __all__ = [
     "ARCHS",
@@ -37,16 +38,20 @@ __all__ = [
     "make_stem",
 ]
 
-MODELS: dict[str, dict[str, Any]] = {
-    f"{arch}{suffix}": {"arch": arch, "stem": stem}
-    for arch in ARCHS
-    for suffix, stem in (("", "imagenet"), ("_cifar", "cifar"))
-}
+MODELS: Registry[dict[str, Any]] = Registry(
+    "model",
+    {
+        f"{arch}{suffix}": {"arch": arch, "stem": stem}
+        for arch in ARCHS
+        for suffix, stem in (("", "imagenet"), ("_cifar", "cifar"))
+    },
+)
+"""Model names and the :class:`BinaryResNet` arguments each one fixes."""
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, **kwargs: Any) -> BinaryResNet:
@@ -55,6 +60,4 @@ def create_model(name: str, **kwargs: Any) -> BinaryResNet:
     Raises:
         ValueError: ``name`` is not registered; the message lists the valid names.
     """
-    if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}; use one of {', '.join(list_models())}.")
-    return BinaryResNet(**{**MODELS[name], **kwargs})
+    return BinaryResNet(**{**MODELS.lookup(name), **kwargs})
