@@ -65,13 +65,13 @@ class BNNClassifier(LightningModule):
         net: The network (``forward_features`` / ``forward_head`` / ``num_features`` are needed
             only for the center loss).
         num_classes: Number of classes (linked from the datamodule); checked against the net.
-        optimizer: Optimizer factory; the default is Adam with its default betas (the seed).
+        optimizer: Optimizer factory; the default is Adam, default betas (HolmesShuan).
         lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`; one that
             needs the run's length (:class:`~bnn_lightning.OneCycleLR`, ...) gets it from the
             trainer (see :mod:`bnn_lightning.run_length`).
         scheduler_interval: Step the scheduler every ``epoch`` or every optimizer ``step``.
         lr: Overrides the optimizer's lr for every group (the stage-2 lr of a handoff).
-        weight_decay: Overrides the optimizer's weight decay (the seed: 1e-5 stage 1, 0 stage 2).
+        weight_decay: Overrides the optimizer's weight decay (HolmesShuan: 1e-5 stage 1, 0 stage 2).
         no_decay_norm_bias: Decay only conv / linear weights; norms, biases, PReLU slopes and other
             learnable offsets get weight decay 0.
         label_smoothing: ``eps`` of the label cross-entropy.
