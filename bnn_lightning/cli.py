@@ -17,7 +17,8 @@ What it adds to plain LightningCLI:
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
 - ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
-  (``auto`` leaves cores that other busy processes use alone, see :func:`auto_threads`).
+  (``auto`` leaves the cores that other processes keep busy now alone, see
+  :func:`bnn_lightning.threads.auto_threads`).
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
   writes a checkpoint's network with 1-bit packed weights
   (:func:`bnn_lightning.export.export_checkpoint`).
@@ -43,6 +44,7 @@ from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.summary import ModelSummary, summary
+from bnn_lightning.threads import auto_threads
 
 __all__ = [
     "BNNCLI",
@@ -73,18 +75,6 @@ class _KeepLinesHelpFormatter(DefaultHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
-
-
-def auto_threads() -> int:
-    """CPU cores minus those busy with other work (the 1-minute load average), at least 1.
-
-    PyTorch's OpenMP threads wait for each other by spinning: when another process keeps a core
-    busy, a thread per core makes every step wait for a descheduled thread, and training on a
-    2-core machine ran 5-7x slower than with one thread (see the README's quickstart section).
-    """
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - int(load + 0.5)))
 
 
 def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
@@ -246,7 +236,7 @@ class BNNCLI(LightningCLI):
             "--threads",
             type=int | Literal["auto"] | None,
             default=None,
-            help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere), or null.",
+            help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere now), or null.",
         )
 
     def before_instantiate_classes(self) -> None:
