@@ -19,11 +19,13 @@ from bnn_lightning.models.blocks import (
     make_downsample,
     make_stem,
 )
-from bnn_lightning.models.resnet import ARCHS, BinaryResNet
+from bnn_lightning.models.reactnet import ReActBlock
+from bnn_lightning.models.resnet import ARCHS, BLOCKS, BinaryResNet
 from bnn_lightning.registry import Registry
 
 __all__ = [
     "ARCHS",
+    "BLOCKS",
     "DOWNSAMPLE",
     "MODELS",
     "STEMS",
@@ -32,6 +34,7 @@ __all__ = [
     "BinaryResNet",
     "BlockOptions",
     "Bottleneck",
+    "ReActBlock",
     "create_model",
     "list_models",
     "make_downsample",
