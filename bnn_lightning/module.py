@@ -16,6 +16,10 @@ checkpoints never save it.
         init_from: runs/stage1/last.ckpt
         teacher: runs/stage1/last.ckpt
         kd_weight: 0.5
+
+The ``bnn`` CLI gives the trainer :class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO` and
+a ``LearningRateMonitor`` (:mod:`bnn_lightning.cli_defaults`); a trainer built in Python gets
+them with ``Trainer(plugins=[AtomicCheckpointIO()], callbacks=[LearningRateMonitor()])``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from bnn_lightning.checkpoint_io import use_atomic_checkpoint_io
 from bnn_lightning.checkpoints import (
     build_net,
     freeze,
@@ -217,10 +220,8 @@ class BNNClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         """At the start of ``fit``: load ``init_from`` (unless resuming) and the teacher.
 
-        Also checks the datamodule's classes and makes checkpoint writes atomic
-        (:class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`).
+        Also checks the datamodule's classes.
         """
-        use_atomic_checkpoint_io(self.trainer)
         check_data_classes(self.num_classes, getattr(self.trainer, "datamodule", None))
         if stage != "fit":
             return
@@ -300,7 +301,6 @@ class BNNClassifier(LightningModule):
         if stage == "train":
             parts = self._objective(x, y, logits, features)
             self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         else:
             parts = {"loss": self.criterion.label_loss(logits, y)}
             self.log(f"{stage}/loss", parts["loss"], prog_bar=True, sync_dist=True)
@@ -336,7 +336,8 @@ class BNNClassifier(LightningModule):
         scheduler, self._schedule_length = build_scheduler(
             self.lr_scheduler_factory, optimizer, self._trainer, self.scheduler_interval
         )
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        # LearningRateMonitor (a default of the bnn CLI) logs train/lr/<group name>
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
