@@ -49,6 +49,7 @@ from bnn_lightning.quantizers import (
 )
 from bnn_lightning.schedules import WarmupCosineLR, WarmupMultiStepLR
 from bnn_lightning.summary import ModelSummary, summary
+from bnn_lightning.thresholds import RPReLU, RSign
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,8 @@ __all__ = [
     "PackedFormatError",
     "QuantizedLayer",
     "Quantizer",
+    "RPReLU",
+    "RSign",
     "ReLU",
     "StageHandoff",
     "SteSign",

@@ -8,7 +8,6 @@ LightningCLI writes it, or as :func:`net_config` records it outside the CLI).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from torch import Tensor, nn
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.checks import net_config_mismatch
 from bnn_lightning.layers import MODES, get_modes
+from bnn_lightning.registry import Registry
 
 __all__ = [
+    "NETS",
     "TORCHVISION_PREFIX",
     "build_net",
     "describe_mode",
@@ -36,6 +37,11 @@ __all__ = [
     "net_from_checkpoint",
     "net_state_dict",
 ]
+
+NETS: Registry[type[nn.Module]] = Registry(
+    "network class_path", base=nn.Module, example="bnn_lightning.BinaryResNet"
+)
+"""Networks by name for :func:`build_net` (any importable ``nn.Module`` class path works too)."""
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -182,14 +188,7 @@ def net_config(net: nn.Module) -> dict[str, Any] | None:
 
 def build_net(config: Mapping[str, Any]) -> nn.Module:
     """Instantiate ``{"class_path": ..., "init_args": ...}``; the class must be an ``nn.Module``."""
-    class_path = str(config.get("class_path", ""))
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"class_path {class_path!r} is not an importable nn.Module class.")
+    cls = NETS.lookup(config.get("class_path"))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "net", fail_untyped=False)
     parsed = parser.parse_object({"net": dict(config.get("init_args") or {})})

@@ -17,6 +17,10 @@ checkpoints never save it.
         init_from_mode: binary_activations
         teacher: runs/stage1/last.ckpt
         kd_weight: 0.5
+
+The ``bnn`` CLI gives the trainer :class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO` and
+a ``LearningRateMonitor`` (:mod:`bnn_lightning.cli_defaults`); a trainer built in Python gets
+them with ``Trainer(plugins=[AtomicCheckpointIO()], callbacks=[LearningRateMonitor()])``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from bnn_lightning.checkpoint_io import use_atomic_checkpoint_io
 from bnn_lightning.checkpoints import (
     build_net,
     freeze,
@@ -65,11 +68,11 @@ class BNNClassifier(LightningModule):
         net: The network (``forward_features`` / ``forward_head`` / ``num_features`` are needed
             only for the center loss).
         num_classes: Number of classes (linked from the datamodule); checked against the net.
-        optimizer: Optimizer factory; the default is Adam with its default betas (the seed).
+        optimizer: Optimizer factory; the default is Adam, default betas (HolmesShuan).
         lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`.
         scheduler_interval: Step the scheduler every ``epoch`` or every optimizer ``step``.
         lr: Overrides the optimizer's lr for every group (the stage-2 lr of a handoff).
-        weight_decay: Overrides the optimizer's weight decay (the seed: 1e-5 stage 1, 0 stage 2).
+        weight_decay: Overrides the optimizer's weight decay (HolmesShuan: 1e-5 stage 1, 0 stage 2).
         no_decay_norm_bias: Decay only conv / linear weights; norms, biases, PReLU slopes and other
             learnable offsets get weight decay 0.
         label_smoothing: ``eps`` of the label cross-entropy.
@@ -219,10 +222,8 @@ class BNNClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         """At the start of ``fit``: load the teacher.
 
-        Also checks the datamodule's classes and makes checkpoint writes atomic
-        (:class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`).
+        Also checks the datamodule's classes.
         """
-        use_atomic_checkpoint_io(self.trainer)
         check_data_classes(self.num_classes, getattr(self.trainer, "datamodule", None))
         if stage != "fit":
             return
@@ -299,7 +300,6 @@ class BNNClassifier(LightningModule):
         if stage == "train":
             parts = self._objective(x, y, logits, features)
             self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         else:
             parts = {"loss": self.criterion.label_loss(logits, y)}
             self.log(f"{stage}/loss", parts["loss"], prog_bar=True, sync_dist=True)
@@ -332,7 +332,8 @@ class BNNClassifier(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        # LearningRateMonitor (a default of the bnn CLI) logs train/lr/<group name>
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 

@@ -2,7 +2,7 @@
 
 Both classes are ``SequentialLR``: an optional warm-up (``ConstantLR`` or ``LinearLR``) followed
 by the main schedule. Milestones and lengths are absolute (counted from the first epoch or step
-of the schedule, warm-up included). The seed's settings:
+of the schedule, warm-up included). The HolmesShuan collection's settings:
 
 .. code-block:: yaml
 
@@ -59,12 +59,12 @@ def _chain(
 
 
 class WarmupMultiStepLR(SequentialLR):
-    """Optional warm-up, then the lr times ``gamma`` at each milestone (the seed's step decay).
+    """Optional warm-up, then the lr times ``gamma`` at each milestone (HolmesShuan's step decay).
 
     Args:
         optimizer: The wrapped optimizer.
         milestones: Epochs (absolute, warm-up included) where the lr is multiplied by ``gamma``.
-        gamma: Decay factor (the seed: 0.2 on CIFAR-100, 0.1 on ImageNet).
+        gamma: Decay factor (HolmesShuan collection: 0.2 on CIFAR-100, 0.1 on ImageNet).
         warmup_epochs: Length of the warm-up (0 = none).
         warmup_mode: ``constant``: ``warmup_factor * lr`` during the warm-up; ``linear``: a ramp
             from ``warmup_factor * lr`` reaching ``lr`` at ``warmup_epochs``.

@@ -1,4 +1,4 @@
-"""LightningDataModules for CIFAR-10/100 and ImageFolder trees, and the seed's augmentations."""
+"""LightningDataModules for CIFAR-10/100 and ImageFolder trees, and their augmentations."""
 
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 DataModules on torchvision's datasets, with the seed's augmentation.
+"""CIFAR-10 / CIFAR-100 DataModules on torchvision's datasets, with the HolmesShuan augmentation.
 
 Validation uses the official test split, or with ``val_size`` a split carved from the 50,000
 training images by ``seed`` (the test split then stays for ``test``). With ``in_memory`` the
@@ -124,7 +124,7 @@ class CIFAR10DataModule(ImageDataModule):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 (torchvision), the seed's CIFAR recipe dataset; arguments as CIFAR-10's."""
+    """CIFAR-100 (torchvision), the HolmesShuan CIFAR recipe's dataset; arguments as CIFAR-10's."""
 
     dataset_cls = CIFAR100
     folder = "cifar-100-python"

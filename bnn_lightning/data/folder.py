@@ -72,10 +72,10 @@ class ImageFolderDataModule(ImageDataModule):
         pipeline: ``imagenet`` (RandomResizedCrop, flip, ColorJitter, Lighting; resize + center
             crop at test) or ``cifar`` (RandomCrop with padding, flip, rotation).
         image_size: side of the training and test crops (224 for ImageNet, 32 for CIFAR).
-        train_crop: ``imagenet`` only: ``random_resized`` or the seed's alternative
-            ``resize_random`` (Resize(256) + RandomCrop(224), scaled to ``image_size``).
+        train_crop: ``imagenet`` only: ``random_resized`` or the HolmesShuan collection's
+            alternative ``resize_random`` (Resize(256) + RandomCrop(224), scaled to ``image_size``).
         test_resize_ratio: ``imagenet`` only: test images are resized to
-            ``int(image_size * ratio)`` then center-cropped (the seed uses 1.15 or 1.35).
+            ``int(image_size * ratio)`` then center-cropped (HolmesShuan: 1.15 or 1.35).
         color_jitter: ``imagenet`` only: ColorJitter(0.4, 0.4, 0.4, 0.1) on at the start; see
             :meth:`set_color_jitter`.
         lighting: ``imagenet`` only: ``alphastd`` of the PCA Lighting noise (0 turns it off).

@@ -2,9 +2,9 @@
 
 :class:`TensorImageDataset` serves ``(uint8 image (3, H, W), target)`` pairs from one tensor;
 :class:`BatchCollate` stacks them and runs the batch transform. :class:`BatchAugment` is the
-seed's CIFAR augmentation (RandomCrop with padding, horizontal flip, RandomRotation with nearest
-interpolation and zero fill) done with a few tensor ops on the whole batch, so serving a batch
-costs far less than a training step and works with ``num_workers=0``.
+HolmesShuan collection's CIFAR augmentation (RandomCrop with padding, horizontal flip,
+RandomRotation with nearest interpolation and zero fill) done with a few tensor ops on the whole
+batch, so serving a batch costs far less than a training step and works with ``num_workers=0``.
 """
 
 from __future__ import annotations

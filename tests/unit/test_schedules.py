@@ -1,4 +1,4 @@
-"""The learning rate at every epoch equals the seed's schedules."""
+"""The learning rate at every epoch equals the HolmesShuan collection's schedules."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def lr_per_epoch(make: Callable[[Optimizer], LRScheduler], epochs: int, lr: floa
 
 
 def step_decay(lr: float, epoch: int, milestones: list[int], gamma: float) -> float:
-    """The seed's ``adjust_learning_rate``: times gamma for every milestone reached."""
+    """HolmesShuan's ``adjust_learning_rate``: times gamma for every milestone reached."""
     return lr * gamma ** sum(epoch >= m for m in milestones)
 
 
@@ -47,7 +47,7 @@ def test_step_decay_every_epoch(lr, milestones, gamma, end):
 
 
 def test_one_stage_constant_warmup():
-    """5 epochs at 1e-3, then 4e-3 (the seed's one-stage setting), then ImageNet step decay."""
+    """5 epochs at 1e-3, then 4e-3 (HolmesShuan one-stage), then ImageNet step decay."""
     make = lambda o: WarmupMultiStepLR(o, [40, 60, 70], 0.1, warmup_epochs=5, warmup_factor=0.25)
     lrs = lr_per_epoch(make, 75, 4e-3)
     expected = [1e-3] * 5 + [step_decay(4e-3, e, [40, 60, 70], 0.1) for e in range(5, 75)]
