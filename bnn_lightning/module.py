@@ -319,7 +319,7 @@ class BNNClassifier(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.net(x).softmax(dim=1)
+        return self.net(x).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
         """The injected optimizer over the parameter groups, and the scheduler if any."""
