@@ -9,6 +9,8 @@ They are added to ``trainer.callbacks`` / ``trainer.plugins`` before anything is
   no logger (``logger: false``) or the config already has one.
 - every subcommand: :class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`, unless a
   ``CheckpointIO`` plugin (or a strategy with its own ``checkpoint_io``) is configured.
+- ``predict``: :class:`~bnn_lightning.prediction.CSVPredictionWriter` (one CSV row per image under
+  ``<default_root_dir>/predictions/``), unless the config has a ``BasePredictionWriter``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
 
 from bnn_lightning.checkpoint_io import AtomicCheckpointIO
+from bnn_lightning.prediction import CSVPredictionWriter
 from bnn_lightning.registry import import_class
 
 __all__ = ["add_defaults"]
@@ -62,6 +65,8 @@ def add_defaults(trainer: Namespace, subcommand: str | None) -> None:
     if subcommand == "fit" and _has_logger(trainer.get("logger")) and not monitored:
         options = {"logging_interval": None, "log_momentum": False, "log_weight_decay": False}
         callbacks.append(_entry(LearningRateMonitor, **options))
+    if subcommand == "predict" and not any(_is_a(c, BasePredictionWriter) for c in callbacks):
+        callbacks.append(_entry(CSVPredictionWriter, output_dir=None, top_k=5))
     if callbacks:
         trainer.callbacks = callbacks
 

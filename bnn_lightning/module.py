@@ -14,6 +14,7 @@ checkpoints never save it.
         optimizer: {class_path: torch.optim.Adam, init_args: {lr: 2.0e-4, weight_decay: 0.0}}
         lr_scheduler: {class_path: bnn_lightning.WarmupMultiStepLR, init_args: {milestones: [40]}}
         init_from: runs/stage1/last.ckpt
+        init_from_mode: binary_activations
         teacher: runs/stage1/last.ckpt
         kd_weight: 0.5
 
@@ -39,9 +40,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from bnn_lightning.checkpoints import (
     build_net,
     freeze,
+    init_from_checkpoint,
     is_plain,
     load_net_state,
-    load_net_weights,
     load_teacher,
     net_config,
 )
@@ -51,6 +52,7 @@ from bnn_lightning.checks import (
     check_teacher_classes,
     make_optimizer,
 )
+from bnn_lightning.layers import MODES, Mode
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
 from bnn_lightning.run_length import build_scheduler, check_resumed_length
@@ -89,7 +91,10 @@ class BNNClassifier(LightningModule):
             frozen at the start of ``fit``.
         teacher_weights: State-dict file for a ``torchvision:`` teacher.
         init_from: A stage-1 checkpoint whose network weights are loaded strictly at the start of
-            ``fit`` (not when resuming with ``ckpt_path``).
+            ``fit``; a resume (``ckpt_path``) restores from its own checkpoint and never reads it.
+            One line names the checkpoint's mode and quantizers and this net's.
+        init_from_mode: The mode the ``init_from`` checkpoint's run must have recorded (stage 2
+            requires ``binary_activations``, a stage-1 run); None accepts any.
     """
 
     train_metrics: MetricCollection
@@ -115,6 +120,7 @@ class BNNClassifier(LightningModule):
         teacher: nn.Module | str | None = None,
         teacher_weights: str | None = None,
         init_from: str | None = None,
+        init_from_mode: Mode | None = None,
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):  # load_from_checkpoint passes the recorded net config
@@ -141,7 +147,9 @@ class BNNClassifier(LightningModule):
         self._sync_centers = False
         self._schedule_length: int | None = None
         self._resumed_schedule_length: int | None = None
-        self.init_from = init_from
+        if init_from_mode is not None and init_from_mode not in MODES:
+            raise ValueError(f"init_from_mode={init_from_mode!r}; use one of {', '.join(MODES)}.")
+        self.init_from, self.init_from_mode = init_from, init_from_mode
         if isinstance(teacher, nn.Module):
             self.set_teacher(teacher)
         elif teacher is None and self.criterion.needs_teacher:
@@ -218,21 +226,28 @@ class BNNClassifier(LightningModule):
             centers.centers.grad = grad
 
     def setup(self, stage: str) -> None:
-        """At the start of ``fit``: load ``init_from`` (unless resuming) and the teacher.
+        """At the start of ``fit``: load the teacher.
 
         Also checks the datamodule's classes.
         """
         check_data_classes(self.num_classes, getattr(self.trainer, "datamodule", None))
         if stage != "fit":
             return
-        if self.init_from is not None and self.trainer.ckpt_path is None:
-            load_net_weights(self.net, self.init_from)
         if self._teacher_path is not None and self.teacher is None:
             num_classes = self.num_classes
             self.set_teacher(load_teacher(self._teacher_path, self._teacher_weights, num_classes))
 
     def on_fit_start(self) -> None:
-        """Move the teacher to the device (and dtype) the strategy put the net on."""
+        """Load ``init_from`` unless resuming; move the teacher next to the net.
+
+        Lightning sets ``trainer.ckpt_path`` after ``setup`` when it restores a checkpoint, so
+        ``setup`` cannot tell a resume from a fresh start: ``on_fit_start`` comes after the restore
+        (for strategies that restore before ``on_fit_start``, such as DDP and one device).
+        """
+        if self.init_from is not None and self.trainer.ckpt_path is None:
+            target = self.hparams.get("net")
+            line = init_from_checkpoint(self.net, self.init_from, target, self.init_from_mode)
+            rank_zero_info(line)
         if self.teacher is not None:
             self.set_teacher(self.teacher)
 
@@ -320,7 +335,7 @@ class BNNClassifier(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.net(x).softmax(dim=1)
+        return self.net(x).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
         """The injected optimizer over the parameter groups, and the scheduler if any (built for
