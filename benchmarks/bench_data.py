@@ -1,14 +1,15 @@
 """Data pipelines: images/s delivered against images/s a training step consumes; Lighting cost.
 
 1. Training loaders of the DataModules on the real archives (``BNN_DATA_DIR``, extracted into
-   ``BNN_CACHE_DIR``): the seed's CIFAR pipeline on the CIFAR-10 JPEG folder (PIL, per image),
-   the in-memory fast path (uint8 tensor, batch augmentation), and the ImageNet pipeline
-   (RandomResizedCrop 224, flip, ColorJitter, Lighting) on Imagenette, with 0, 1 and 2 workers.
+   ``BNN_CACHE_DIR``): the HolmesShuan collection's CIFAR pipeline on the CIFAR-10 JPEG folder
+   (PIL, per image), the in-memory fast path (uint8 tensor, batch augmentation), and the ImageNet
+   pipeline (RandomResizedCrop 224, flip, ColorJitter, Lighting) on Imagenette, with 0, 1 and 2
+   workers.
 2. What a training step consumes: forward + backward + Adam of binary ResNet-18s (CIFAR stem at
    32 px, width 32; ImageNet stem at 224 px, width 64) in bf16 autocast + channels_last.
-3. ``Lighting``: the seed's numpy version on a PIL image against ours on a float tensor (one image
-   and a batch of 64), both on one thread, and how far the seed's uint8 version is from the
-   definition.
+3. ``Lighting``: the HolmesShuan collection's numpy version on a PIL image against ours on a
+   float tensor (one image and a batch of 64), both on one thread, and how far its uint8 version
+   is from the definition.
 
 Rates are the median over repeats after a warm-up (worker start-up excluded); the spread is the
 min-max range. The machine is shared, so numbers move with its load.
@@ -67,7 +68,7 @@ def pipeline_rows(quick: bool) -> list[dict[str, Any]]:
     cifar, nette = DATA / "cifar10-jpeg-train.tar.gz", DATA / "imagenette-224.tar.gz"
     small = dict(pipeline="cifar", image_size=32)
     cases = [  # name, archive, options, batch size, batches per repeat, workers
-        ("CIFAR, seed pipeline (PIL)", cifar, small, 128, 10, (0, 1, 2)),
+        ("CIFAR, per-image pipeline (PIL)", cifar, small, 128, 10, (0, 1, 2)),
         ("CIFAR, in memory (batch aug)", cifar, {**small, "in_memory": True}, 128, 40, (0, 1)),
         ("ImageNet 224 (PIL)", nette, dict(image_size=224), 32, 4, (0, 1, 2)),
     ]
@@ -111,8 +112,8 @@ def step_rate(stem: str, size: int, width: int, batch: int, repeats: int) -> dic
     return spread(rates)
 
 
-def seed_lighting(img: Image.Image, alphastd: float = 0.1) -> tuple[Image.Image, np.ndarray]:
-    """The seed's Lighting (numpy on a uint8 PIL image, cast back); also returns its offset."""
+def collection_lighting(img: Image.Image, alphastd: float = 0.1) -> tuple[Image.Image, np.ndarray]:
+    """The HolmesShuan collection's Lighting (numpy on uint8 PIL, cast back) and its offset."""
     eigval, eigvec = np.asarray(IMAGENET_EIGVAL), np.asarray(IMAGENET_EIGVEC)
     alpha = (np.random.randn(3) * alphastd).astype("float32")
     inc = np.dot(eigvec, (alpha * eigval).reshape(3, 1)).reshape(3)
@@ -136,8 +137,8 @@ def lighting_rows(quick: bool) -> tuple[list[dict[str, Any]], tuple[float, float
     one, batch = torch.rand(3, 224, 224), torch.rand(64, 3, 224, 224)
     ours, k = Lighting(0.1), 10 if quick else 50
     rows = [
-        {"what": "Lighting, seed (numpy on PIL uint8)", **time_per_image(
-            lambda: [seed_lighting(img) for _ in range(k)], k, 5)},
+        {"what": "Lighting, HolmesShuan (numpy on PIL uint8)", **time_per_image(
+            lambda: [collection_lighting(img) for _ in range(k)], k, 5)},
         {"what": "Lighting, ours (float tensor, 1 image)", **time_per_image(
             lambda: [ours(one) for _ in range(k)], k, 5)},
         {"what": "Lighting, ours (float tensor, batch 64)", **time_per_image(
@@ -145,7 +146,7 @@ def lighting_rows(quick: bool) -> tuple[list[dict[str, Any]], tuple[float, float
     ]  # fmt: skip
     applied, intended = [], []
     for _ in range(200):
-        out, inc = seed_lighting(img)
+        out, inc = collection_lighting(img)
         change = (np.asarray(out, np.float32) - np.asarray(img, np.float32)).mean((0, 1))
         applied.append(np.abs(change).mean())
         intended.append(np.abs(inc * 255).mean())  # fb.resnet.torch: offset on [0, 1] pixels
@@ -177,9 +178,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         "loader images/s over training-step images/s (target >= 2). Worker 0 ratios: "
         + ", ".join(f"{k} {v:.1f}x" for k, v in best.items())
         + f". Lighting(0.1): fb.resnet.torch's definition shifts a channel by {intended:.2f} "
-        f"uint8 steps on average; the seed's version (eigenvalues for [0, 1] pixels applied to "
-        f"0-255 pixels, then truncated to uint8) shifts it by {applied:.2f}; ours applies the "
-        "definition exactly on float pixels."
+        f"uint8 steps on average; the HolmesShuan collection's version (eigenvalues for [0, 1] "
+        f"pixels applied to 0-255 pixels, then truncated to uint8) shifts it by {applied:.2f}; "
+        "ours applies the definition exactly on float pixels."
     )
     plot = {f"{r['what']} ({r['workers']}w)": r["images/s"] for r in rows if "workers" in r}
     return {

@@ -3,7 +3,7 @@
 Each benchmark module exposes ``run(quick: bool = False) -> dict`` returning
 ``{"title": str, "rows": list[dict], "notes": str}`` and optionally ``"plot": {"label": str,
 "values": {name: number}}`` for the bar chart. ``rows`` become a markdown table. The report opens
-with a summary of issue 8's measurements against their targets (:mod:`targets`) and the load
+with a summary of the performance measurements against their targets (:mod:`targets`) and the load
 average of the machine at the start and the end of every benchmark.
 
 Usage: ``python benchmarks/run.py [--quick] [--only NAME ...] [--threads N] [--out DIR]``;

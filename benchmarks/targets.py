@@ -1,8 +1,8 @@
-"""The summary table of a ``make bench`` run: issue 8's five measurements against their targets.
+"""The summary table of a ``make bench`` run: five performance measurements against their targets.
 
 Reads the rows of the benchmark modules (``binary_vs_float``, ``compiled``, ``data``, ``export``,
 ``quickstart``) and returns one line per measurement: what, the value, the target and whether it
-is met (``None`` where the issue sets no target). Timing ratios come from the medians; ``best`` is
+is met (``None`` where no target is set). Timing ratios come from the medians; ``best`` is
 the same ratio from the fastest repeat of each side, the one least disturbed by other processes
 on a shared machine. A measurement whose benchmark did not run (``--only``, ``--quick``, an error)
 is reported as not measured instead of failing the summary.

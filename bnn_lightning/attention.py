@@ -1,7 +1,8 @@
 """Channel attention gates for binary blocks: ``out = conv(sign(BN(x))) * gate(x)``.
 
-The seed rescales the output of each binary convolution by a real-valued gate computed from the
-block input ``x`` ("SE could be any channel attention module, such as SE-Net, CGD, CBAM, BAM").
+The HolmesShuan collection rescales the output of each binary convolution by a real-valued gate
+computed from the block input ``x``, Real-to-Binary's data-driven channel re-scaling (Martinez et
+al., ICLR 2020) ("SE could be any channel attention module, such as SE-Net, CGD, CBAM, BAM").
 Every gate here maps the real-valued block input ``x`` of shape ``(N, C_in, H, W)`` to a tensor
 with values in ``(0, 1)`` that broadcasts against the conv output ``(N, C_out, H / s, W / s)``:
 
@@ -29,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bnn_lightning.registry import Registry
 
 __all__ = ["ATTENTION", "CBAMGate", "ECAGate", "SEGate", "get_attention"]
 
@@ -127,12 +130,10 @@ class CBAMGate(nn.Module):
         return torch.sigmoid(channel) * torch.sigmoid(spatial)
 
 
-ATTENTION: dict[str, type[nn.Module] | None] = {
-    "none": None,
-    "se": SEGate,
-    "eca": ECAGate,
-    "cbam": CBAMGate,
-}
+ATTENTION: Registry[type[nn.Module] | None] = Registry(
+    "attention", {"none": None, "se": SEGate, "eca": ECAGate, "cbam": CBAMGate}
+)
+"""Gates by name; ``none`` is no gate."""
 
 
 def get_attention(
@@ -143,7 +144,5 @@ def get_attention(
     Raises:
         ValueError: ``name`` is not in :data:`ATTENTION`; the message lists the valid names.
     """
-    if name not in ATTENTION:
-        raise ValueError(f"Unknown attention {name!r}; use one of {', '.join(ATTENTION)}.")
-    cls = ATTENTION[name]
+    cls = ATTENTION.lookup(name)
     return None if cls is None else cls(in_channels, out_channels, stride)

@@ -1,14 +1,15 @@
 """Binary layers: ``nn.Conv2d`` / ``nn.Linear`` subclasses that quantize input and weight.
 
 As in timm's ``std_conv.py`` a binary layer only changes ``forward``: quantize the input, quantize
-the latent weight, then call the plain functional op. The four training modes of the seed are the
-same class with different quantizers:
+the latent weight, then call the plain functional op. The four training modes (the two-stage
+recipe of Real-to-Binary, Martinez et al. ICLR 2020, uses two of them) are the same class with
+different quantizers:
 
 ============================  =================  ==================
 mode                          input_quantizer    weight_quantizer
 ============================  =================  ==================
 ``float``                     None               None
-``binary_activations``        ste_sign           None        (the seed's stage 1)
+``binary_activations``        ste_sign           None        (stage 1)
 ``binary_weights``            None               magnitude_aware_sign
 ``binary``                    ste_sign           magnitude_aware_sign
 ============================  =================  ==================
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from bnn_lightning.fused import ste_sign_conv2d
 from bnn_lightning.quantizers import QuantizerSpec, SteSign, get_quantizer
+from bnn_lightning.thresholds import RSign
 
 __all__ = [
     "MODES",
@@ -120,9 +122,9 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         input_quantizer: Activation quantizer spec (see :func:`get_quantizer`), None = float.
         weight_quantizer: Weight quantizer spec, None = float. The latent float weight is what the
             optimizer updates; the quantized weight is what the forward pass uses.
-        pad_value: Value of the zero-padding ring. The default 0 is what the seed and most BNN
-            papers use (it is a third value, so the padded border is not strictly binary); -1 or
-            +1 keeps the convolution truly binary, as larq's ``pad_values``.
+        pad_value: Value of the zero-padding ring. The default 0 is what most BNN papers and the
+            HolmesShuan collection use (it is a third value, so the padded border is not strictly
+            binary); -1 or +1 keeps the convolution truly binary, as larq's ``pad_values``.
         **kwargs: Everything ``nn.Conv2d`` takes (``groups`` included).
     """
 
@@ -151,13 +153,15 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.quantized_weight()
         quantizer = self.input_quantizer
+        if isinstance(quantizer, RSign):  # ReActNet: the threshold first, then its sign
+            x, quantizer = quantizer.shift(x), quantizer.quantizer
         if self._fused(quantizer, x):
             x, padding = self._pad(x)  # the pad value is +-1 or 0, so sign() keeps it binary
             return ste_sign_conv2d(
                 x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
                 cast(SteSign, quantizer).clip,
             )  # fmt: skip
-        x, padding = self._pad(self.quantize_input(x))
+        x, padding = self._pad(x if quantizer is None else quantizer(x))
         x, saving = _compact_input(x, quantizer)
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
@@ -232,12 +236,18 @@ def set_quantizers(
 ) -> int:
     """Replace the quantizers of every binary layer; an argument left out is kept as it is.
 
-    Each layer gets its own quantizer instance. Returns the number of layers changed.
+    Each layer gets its own quantizer instance. An :class:`~bnn_lightning.RSign` input quantizer
+    keeps its learned thresholds: the new quantizer replaces the sign inside it.
+    Returns the number of layers changed.
     """
     layers = binary_layers(model)
     for _, layer in layers:
         if input_quantizer is not _KEEP:
-            layer.input_quantizer = get_quantizer(input_quantizer)  # type: ignore[arg-type]
+            new = get_quantizer(input_quantizer)  # type: ignore[arg-type]
+            current = layer.input_quantizer
+            if isinstance(current, RSign) and not isinstance(new, RSign):
+                current.quantizer, new = new, current
+            layer.input_quantizer = new
         if weight_quantizer is not _KEEP:
             layer.weight_quantizer = get_quantizer(weight_quantizer)  # type: ignore[arg-type]
     return len(layers)

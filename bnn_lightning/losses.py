@@ -46,7 +46,8 @@ def label_smoothing_ce(logits: Tensor, target: Tensor, eps: float = 0.1) -> Tens
     """Cross-entropy with label smoothing; ``target`` is class indices or soft targets (MixUp).
 
     With a one-hot target ``y`` the smoothed target is ``(1 - eps) * y + eps / C`` (Szegedy et
-    al., "Rethinking the Inception Architecture", 2016; the seed's ``CrossEntropyLabelSmooth``).
+    al., "Rethinking the Inception Architecture", 2016; ``CrossEntropyLabelSmooth`` of the
+    HolmesShuan collection).
     """
     return F.cross_entropy(logits, target, label_smoothing=eps)
 

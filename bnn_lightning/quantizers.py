@@ -12,12 +12,13 @@ Quantizers are resolved from YAML-friendly specs by :func:`get_quantizer`: a sho
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from bnn_lightning.registry import Registry
 
 __all__ = [
     "QUANTIZERS",
@@ -107,8 +108,8 @@ class SteSign(Quantizer):
     Forward: ``q(x) = +1 if x >= 0 else -1``.
     Backward: ``dq/dx = 1 if |x| <= clip else 0``.
 
-    The seed's ``BinActive``; Courbariaux et al., "BinaryConnect" (2015) and Hubara et al.,
-    "Binarized Neural Networks" (2016); Rastegari et al., "XNOR-Net" (2016).
+    ``BinActive`` of the HolmesShuan collection; Courbariaux et al., "BinaryConnect" (2015) and
+    Hubara et al., "Binarized Neural Networks" (2016); Rastegari et al., "XNOR-Net" (2016).
 
     Args:
         clip: Half-width of the interval where the gradient passes.
@@ -215,13 +216,13 @@ class MagnitudeAwareSign(Quantizer):
 
 
 class LeakyClip(Quantizer):
-    r"""The seed's leaky clip, a real-valued step of the progressive activation curriculum.
+    r"""Leaky clip, a real-valued step of the HolmesShuan collection's activation curriculum.
 
     Forward: ``q(x) = x`` for ``|x| <= 1``, else ``0.1 x + 0.9 sign(x)``.
     Backward: 1 inside ``[-1, 1]``, ``slope`` outside.
 
     Args:
-        slope: Slope outside ``[-1, 1]`` (the seed uses 0.1).
+        slope: Slope outside ``[-1, 1]`` (the HolmesShuan collection uses 0.1).
     """
 
     def __init__(self, slope: float = 0.1) -> None:
@@ -245,46 +246,30 @@ class Clamp(Quantizer):
 
 
 class ReLU(Quantizer):
-    """ReLU: the curriculum's first, full-precision step (the seed's ``BinActive(bin=False)``)."""
+    """ReLU: the curriculum's first, full-precision step (HolmesShuan's ``BinActive(False)``)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x)
 
 
-QUANTIZERS: dict[str, type[Quantizer]] = {
-    "ste_sign": SteSign,
-    "approx_sign": ApproxSign,
-    "swish_sign": SwishSign,
-    "magnitude_aware_sign": MagnitudeAwareSign,
-    "leaky_clip": LeakyClip,
-    "clamp": Clamp,
-    "relu": ReLU,
-}
+QUANTIZERS: Registry[type[nn.Module]] = Registry(
+    "quantizer",
+    {
+        "ste_sign": SteSign,
+        "approx_sign": ApproxSign,
+        "swish_sign": SwishSign,
+        "magnitude_aware_sign": MagnitudeAwareSign,
+        "leaky_clip": LeakyClip,
+        "clamp": Clamp,
+        "relu": ReLU,
+    },
+    base=nn.Module,
+    example="bnn_lightning.quantizers.SteSign",
+    alternatives=("null for full precision",),
+)
+"""Quantizers by short name; :meth:`~bnn_lightning.registry.Registry.register` adds one."""
 
 QuantizerSpec = str | Mapping[str, Any] | nn.Module | None
-
-
-def _unknown(spec: object) -> ValueError:
-    names = ", ".join(sorted(QUANTIZERS))
-    return ValueError(
-        f"Unknown quantizer {spec!r}; use one of {names}, a class path such as "
-        "'bnn_lightning.quantizers.SteSign', or null for full precision."
-    )
-
-
-def _resolve_class(name: str) -> type[nn.Module]:
-    if name in QUANTIZERS:
-        return QUANTIZERS[name]
-    module_name, _, attr = name.rpartition(".")
-    if not module_name:
-        raise _unknown(name)
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        raise _unknown(name) from None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise _unknown(name)
-    return cls
 
 
 def get_quantizer(spec: QuantizerSpec) -> nn.Module | None:
@@ -300,12 +285,10 @@ def get_quantizer(spec: QuantizerSpec) -> nn.Module | None:
     if isinstance(spec, str):
         if spec.lower() in ("none", "identity", "null", "float"):
             return None
-        return _resolve_class(spec)()
-    if isinstance(spec, Mapping):
-        if "class_path" not in spec:
-            raise _unknown(spec)
-        return _resolve_class(str(spec["class_path"]))(**dict(spec.get("init_args") or {}))
-    raise _unknown(spec)
+        return QUANTIZERS.lookup(spec)()
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        return QUANTIZERS.lookup(str(spec["class_path"]))(**dict(spec.get("init_args") or {}))
+    raise QUANTIZERS.error(spec)
 
 
 def quantizer_name(quantizer: nn.Module | None) -> str:

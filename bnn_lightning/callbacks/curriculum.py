@@ -16,9 +16,9 @@ __all__ = ["ActivationCurriculum"]
 class ActivationCurriculum(Callback):
     """Set the input quantizer of every binary layer by epoch.
 
-    The seed's pre-training trick: start from ReLU, replace it by the leaky clip, then by
-    ``clamp(-1, 1)``, and finally by sign, so the network approaches binary activations
-    gradually. Before the first listed epoch the net keeps its own activations.
+    A pre-training trick of the HolmesShuan collection: start from ReLU, replace it by the leaky
+    clip, then by ``clamp(-1, 1)``, and finally by sign, so the network approaches binary
+    activations gradually. Before the first listed epoch the net keeps its own activations.
 
     .. code-block:: yaml
 

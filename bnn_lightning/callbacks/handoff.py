@@ -1,4 +1,4 @@
-"""``StageHandoff``: the seed's two-stage recipe inside one ``fit``.
+"""``StageHandoff``: the two-stage recipe (Martinez et al., Real-to-Binary) inside one ``fit``.
 
 Stage 1 trains with binary activations and real weights; at ``epoch`` the same weights continue
 as a fully binary network with a fresh optimizer and schedule (the stage-2 lr and weight decay),
@@ -39,14 +39,15 @@ class StageHandoff(Callback):
     Args:
         epoch: First epoch of stage 2 (0-based: ``epoch=350`` after 350 stage-1 epochs).
         lr: Stage-2 learning rate for every group (None keeps the optimizer's).
-        weight_decay: Stage-2 weight decay (the seed: 0).
+        weight_decay: Stage-2 weight decay (the HolmesShuan collection: 0).
         mode: Mode of the binary layers in stage 2 (see :func:`bnn_lightning.set_mode`).
         activation: Activation quantizer spec of stage 2.
         weight: Weight quantizer spec of stage 2.
         teacher_from_stage1: A frozen copy of the stage-1 net becomes the distillation teacher.
         loss_weights: Loss weights for stage 2, e.g. ``{kd_weight: 0.5, center_weight: 0.01}``.
-        lr_scheduler: Scheduler factory for stage 2 (None restarts the module's own from 0).
-        color_jitter: Colour jitter in stage 2 (the seed turns it off).
+        lr_scheduler: Scheduler factory for stage 2 (None restarts the module's own); one that
+            needs the run's length spans what is left of the run.
+        color_jitter: Colour jitter in stage 2 (the HolmesShuan collection turns it off).
     """
 
     def __init__(

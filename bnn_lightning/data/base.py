@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from bnn_lightning.data.device import DeviceImages
+from bnn_lightning.data.predict import predict_loader
 from bnn_lightning.data.resumable import ResumableDataLoader, SeededTransform, stream_seed
 from bnn_lightning.data.transforms import BatchMix, ColorJitterSwitch, batch_mix
 
@@ -91,6 +92,8 @@ class ImageDataModule(L.LightningDataModule):
         mixup_alpha: MixUp Beta(alpha, alpha) for training batches; 0 turns it off.
         cutmix_alpha: CutMix alpha; with both > 0 each batch picks one of the two.
         seed: seed of the validation split carved from the training images.
+        predict_root: ``predict`` classifies every image under this folder (with or without class
+            sub-folders, see :mod:`bnn_lightning.data.predict`) instead of the test split.
     """
 
     num_classes: int
@@ -107,6 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -121,6 +125,7 @@ class ImageDataModule(L.LightningDataModule):
         self.in_memory = in_memory
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.seed = seed
+        self.predict_root = predict_root
         self.color_jitter: ColorJitterSwitch | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -143,7 +148,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"{world} devices; use a multiple of {world}."
             )
         self.per_device_batch_size = self.batch_size // world
-        if self.train_set is None:
+        if self.train_set is None and not (stage == "predict" and self.predict_root):
             self.build_datasets()
         train = self.train_set
         if isinstance(train, TransformSubset) and train.transform is not None:
@@ -216,17 +221,19 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_root:
+            return predict_loader(self, self.predict_root)
         return self._loader(self.test_set, train=False)
 
     def transform_batch(self, batch: Any, train: bool) -> Any:
         """The device-side part of the data path, on ``batch`` where it is (after the transfer).
 
-        In-memory images are gathered, augmented (``train``) and normalized by
-        :attr:`device_images`; training batches get MixUp / CutMix (float soft targets of shape
-        ``(N, num_classes)``).
+        In-memory images are gathered (the batch holds their rows), augmented (``train``) and
+        normalized by :attr:`device_images`; training batches get MixUp / CutMix (float soft
+        targets of shape ``(N, num_classes)``).
         """
-        if self.device_images is not None:
-            rows, targets = batch
+        rows, targets = batch
+        if self.device_images is not None and rows.ndim == 1:  # not predict_root's images
             batch = self.device_images(rows, targets, train=train)
         if train and self.mix is not None:
             batch = self.mix(*batch)

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 DataModules on torchvision's datasets, with the seed's augmentation.
+"""CIFAR-10 / CIFAR-100 DataModules on torchvision's datasets, with the HolmesShuan augmentation.
 
 Validation uses the official test split, or with ``val_size`` a split carved from the 50,000
 training images by ``seed`` (the test split then stays for ``test``). With ``in_memory`` the
@@ -43,7 +43,7 @@ class CIFAR10DataModule(ImageDataModule):
         rotation: RandomRotation range in degrees (0 turns it off).
         padding: RandomCrop padding.
         autoaugment: add AutoAugment with the CIFAR-10 policy.
-        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed; see
+        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed, ``predict_root``; see
             :class:`~bnn_lightning.data.base.ImageDataModule`.
     """
 
@@ -68,16 +68,23 @@ class CIFAR10DataModule(ImageDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
-            cutmix_alpha, seed,
+            cutmix_alpha, seed, predict_root,
         )  # fmt: skip
         self.save_hyperparameters()
         self.root = Path(os.path.expandvars(root)).expanduser()
         self.download = download
         self.val_size = val_size
         self.rotation, self.padding, self.autoaugment = rotation, padding, autoaugment
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, from the dataset's meta file (``predict`` writes them)."""
+        self._check_exists()
+        return self.dataset_cls(str(self.root), train=False).classes
 
     def _check_exists(self) -> None:
         if not (self.root / self.folder).is_dir():
@@ -130,7 +137,7 @@ class CIFAR10DataModule(ImageDataModule):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 (torchvision), the seed's CIFAR recipe dataset; arguments as CIFAR-10's."""
+    """CIFAR-100 (torchvision), the HolmesShuan CIFAR recipe's dataset; arguments as CIFAR-10's."""
 
     dataset_cls = CIFAR100
     folder = "cifar-100-python"

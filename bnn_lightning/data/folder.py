@@ -83,10 +83,10 @@ class ImageFolderDataModule(ImageDataModule):
         pipeline: ``imagenet`` (RandomResizedCrop, flip, ColorJitter, Lighting; resize + center
             crop at test) or ``cifar`` (RandomCrop with padding, flip, rotation).
         image_size: side of the training and test crops (224 for ImageNet, 32 for CIFAR).
-        train_crop: ``imagenet`` only: ``random_resized`` or the seed's alternative
-            ``resize_random`` (Resize(256) + RandomCrop(224), scaled to ``image_size``).
+        train_crop: ``imagenet`` only: ``random_resized`` or the HolmesShuan collection's
+            alternative ``resize_random`` (Resize(256) + RandomCrop(224), scaled to ``image_size``).
         test_resize_ratio: ``imagenet`` only: test images are resized to
-            ``int(image_size * ratio)`` then center-cropped (the seed uses 1.15 or 1.35).
+            ``int(image_size * ratio)`` then center-cropped (HolmesShuan: 1.15 or 1.35).
         color_jitter: ``imagenet`` only: ColorJitter(0.4, 0.4, 0.4, 0.1) on at the start; see
             :meth:`set_color_jitter`.
         lighting: ``imagenet`` only: ``alphastd`` of the PCA Lighting noise (0 turns it off).
@@ -96,7 +96,7 @@ class ImageFolderDataModule(ImageDataModule):
         mean: normalization mean; None uses ImageNet's (CIFAR-10's for the ``cifar`` pipeline).
         std: normalization std; None as ``mean``.
         skip_corrupt: drop images that do not decode (logging how many) instead of raising.
-        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed; see
+        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed, ``predict_root``; see
             :class:`~bnn_lightning.data.base.ImageDataModule`.
     """
 
@@ -126,12 +126,13 @@ class ImageFolderDataModule(ImageDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         if num_workers is None and in_memory and pipeline != "cifar":
             num_workers = min(4, os.cpu_count() or 1)  # per-image transforms: use workers
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
-            cutmix_alpha, seed,
+            cutmix_alpha, seed, predict_root,
         )  # fmt: skip
         self.save_hyperparameters()
         if pipeline not in ("imagenet", "cifar"):

@@ -1,14 +1,14 @@
-"""The seed's augmentation pipelines on ``torchvision.transforms.v2``, and PCA ``Lighting``.
+"""The HolmesShuan collection's augmentations on ``torchvision.transforms.v2``; PCA ``Lighting``.
 
 Per-image pipelines (PIL image or uint8 tensor in, normalized float CHW tensor out):
 
 - :func:`cifar_train_transform`: RandomCrop(32, padding=4), RandomHorizontalFlip,
   RandomRotation(15), optional AutoAugment (CIFAR-10 policy), normalize.
-- :func:`imagenet_train_transform`: RandomResizedCrop(224, scale=(0.08, 1)) or the seed's
+- :func:`imagenet_train_transform`: RandomResizedCrop(224, scale=(0.08, 1)) or the collection's
   alternative Resize(256) + RandomCrop(224), flip, switchable ColorJitter(0.4, 0.4, 0.4, 0.1),
   ``Lighting(0.1)``, normalize.
-- :func:`eval_transform`: Resize(int(size * ratio)) + CenterCrop(size), normalize (the seed uses a
-  ratio of 1.15 or 1.35 on ImageNet; CIFAR uses ratio 1).
+- :func:`eval_transform`: Resize(int(size * ratio)) + CenterCrop(size), normalize (HolmesShuan:
+  ratio 1.15 or 1.35 on ImageNet; CIFAR uses ratio 1).
 
 Per-batch: :class:`BatchMix` (built by :func:`batch_mix`) applies MixUp / CutMix (soft targets)
 to a training batch.
@@ -50,7 +50,7 @@ CIFAR100_MEAN: Stats = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD: Stats = (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN: Stats = (0.485, 0.456, 0.406)
 IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
-# PCA of ImageNet RGB pixels (fb.resnet.torch, quoted by the seed); columns of EIGVEC are the
+# PCA of ImageNet RGB pixels (fb.resnet.torch, quoted by HolmesShuan); columns of EIGVEC are the
 # eigenvectors, in the order of EIGVAL.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
@@ -66,7 +66,7 @@ class Lighting(nn.Module):
     Every image gets ``alpha ~ N(0, alphastd^2)`` (3 values) and the per-channel offset
     ``eigvec @ (alpha * eigval)`` added to all its pixels. Works on one image ``(3, H, W)`` or a
     batch ``(..., 3, H, W)`` (one alpha per image). The result is not clipped, so noise smaller
-    than one uint8 step survives (the seed's PIL version rounds most of it away).
+    than one uint8 step survives (the HolmesShuan PIL version rounds most of it away).
 
     Args:
         alphastd: standard deviation of ``alpha``; 0 disables the transform.
@@ -116,7 +116,7 @@ class ColorJitterSwitch(nn.Module):
 
     The flag lives in a shared-memory tensor created with the transform (before workers start),
     so :meth:`set_enabled` in the main process reaches running (also persistent) workers.
-    Arguments are those of ``v2.ColorJitter`` (the seed's 0.4, 0.4, 0.4, 0.1 by default).
+    Arguments are those of ``v2.ColorJitter`` (HolmesShuan's 0.4, 0.4, 0.4, 0.1 by default).
     """
 
     def __init__(
@@ -158,7 +158,7 @@ def cifar_train_transform(
     rotation: float = 15.0,
     autoaugment: bool = False,
 ) -> v2.Compose:
-    """The seed's CIFAR training pipeline (rotation 0 drops RandomRotation)."""
+    """The HolmesShuan collection's CIFAR training pipeline (rotation 0 drops RandomRotation)."""
     steps: list[Callable] = [
         v2.RandomCrop(image_size, padding=padding),
         v2.RandomHorizontalFlip(),
@@ -178,7 +178,7 @@ def imagenet_train_transform(
     color_jitter: ColorJitterSwitch | None = None,
     lighting: float = 0.1,
 ) -> v2.Compose:
-    """The seed's ImageNet training pipeline.
+    """The HolmesShuan collection's ImageNet training pipeline.
 
     Args:
         mean: normalization mean.

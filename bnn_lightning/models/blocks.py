@@ -1,13 +1,15 @@
-"""The seed's binary ResNet blocks, downsample shortcuts and stems.
+"""Binary ResNet blocks, downsample shortcuts and stems of the HolmesShuan collection.
 
-``BasicBlock`` (the seed's block; Bi-Real style: every binary 3x3 conv has its own shortcut)::
+The collection is "Training Tricks for Binarized Neural Networks" (HolmesShuan, 2019).
+
+``BasicBlock`` (the collection's block; Bi-Real style: every binary 3x3 conv has its own shortcut)::
 
     out = prelu(conv3x3(sign(BN(x))) * gate(x) + shortcut(x))
 
-``Bottleneck`` (the seed's binary bottleneck: 1x1 -> 3x3 -> 1x1 binary convs, BN before each sign,
-an inner residual around the 3x3, a real-valued branch on the shortcut and PReLU).
+``Bottleneck`` (the collection's binary bottleneck: 1x1 -> 3x3 -> 1x1 binary convs, BN before each
+sign, an inner residual around the 3x3, a real-valued branch on the shortcut and PReLU).
 
-Downsample shortcuts, exactly as the seed lists them (``v1`` is the default and the seed's
+Downsample shortcuts, exactly as the collection lists them (``v1`` is the default and its
 recommendation; ``v2`` is Bi-Real Net's and costs 4x fewer FLOPs since the 1x1 conv runs after
 the pooling):
 
@@ -16,7 +18,7 @@ the pooling):
 * ``v3``: ``Conv1x1 -> BN -> AvgPool(3, 2, padding=1)``
 
 The 2x2 pools use ``ceil_mode=True`` so that odd feature maps match the strided 3x3 conv's
-output size (identical to the seed's pool on even sizes).
+output size (identical to the collection's pool on even sizes).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from bnn_lightning.attention import get_attention
 from bnn_lightning.layers import BinaryConv2d, BinaryLinear
+from bnn_lightning.registry import unknown_name
 
 __all__ = [
     "DOWNSAMPLE",
@@ -53,7 +56,7 @@ STEM_ORDERS: tuple[str, ...] = ("conv-bn-relu-pool", "conv-pool-bn-relu")
 def check_choice(kind: str, value: str, valid: tuple[str, ...] | dict[str, Any]) -> None:
     """Raise a one-line ValueError naming ``value`` and the valid choices."""
     if value not in valid:
-        raise ValueError(f"Unknown {kind} {value!r}; use one of {', '.join(valid)}.")
+        raise unknown_name(kind, value, valid)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ class BlockOptions:
     Args:
         activation: Input quantizer spec of the binary convs (None = real-valued activations).
         weight: Weight quantizer spec of the binary convs (None = real-valued weights).
-        bn_momentum: Momentum of every BatchNorm (the seed recommends 0.2).
-        groups: Groups of the binary 3x3 convs (the seed's trick to cut BOPs).
+        bn_momentum: Momentum of every BatchNorm (the HolmesShuan collection recommends 0.2).
+        groups: Groups of the binary 3x3 convs (the HolmesShuan collection's trick to cut BOPs).
         attention: Gate name, see :mod:`bnn_lightning.attention`.
         downsample: Shortcut variant for strided blocks, one of :data:`DOWNSAMPLE`.
         pad_value: Padding value of the binary convs (see :class:`BinaryConv2d`).
@@ -106,7 +109,10 @@ class BlockOptions:
 def make_downsample(
     version: str, cin: int, cout: int, stride: int, bn_momentum: float, eps: float = 1e-5
 ) -> nn.Sequential:
-    """Real-valued shortcut ``cin -> cout`` in the seed's module order (no pool at stride 1)."""
+    """Real-valued shortcut ``cin -> cout``, modules ordered as the HolmesShuan collection's.
+
+    No pool at stride 1.
+    """
     check_choice("downsample", version, DOWNSAMPLE)
     conv = nn.Conv2d(cin, cout, 1, bias=False)
     bn = nn.BatchNorm2d(cout, eps=eps, momentum=bn_momentum)
@@ -121,7 +127,7 @@ def make_downsample(
 class BasicBlock(nn.Module):
     """``prelu(conv3x3(sign(BN(x))) * gate(x) + shortcut(x))``; the sign lives in the conv.
 
-    The gate reads the real-valued block input ``x`` (the seed's snippet reassigns
+    The gate reads the real-valued block input ``x`` (the HolmesShuan collection's snippet reassigns
     ``x = BN(x)`` first, so there it reads ``BN(x)``; both are real-valued, ``x`` keeps the gate
     independent of the BN statistics). The shortcut is the identity, or the ``downsample``
     variant when the stride or the width changes.
@@ -153,15 +159,15 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """The seed's binary bottleneck ``inplanes -> planes -> planes -> 4 planes``.
+    """The HolmesShuan collection's binary bottleneck ``inplanes -> planes -> planes -> 4 planes``.
 
     ``conv1`` (1x1, carries the stride), ``conv2`` (3x3, grouped, with the inner residual
     ``conv2(...) + conv1(...)``; the gate scales it from ``conv1``'s real-valued output) and
     ``conv3`` (1x1) are binary, each after ``BN -> sign``;
     ``bn4`` follows ``conv3``. With ``has_branch`` the shortcut is real-valued: at stride 1
     ``Conv1x1 -> BN -> AvgPool(3, 1, 1)``, at stride 2 the ``downsample`` variant mapping
-    ``inplanes -> 2 inplanes`` (``v1`` is the seed's branch), followed by PReLU. Without it the
-    shortcut is the identity and there is no PReLU, as in the seed.
+    ``inplanes -> 2 inplanes`` (``v1`` is the collection's branch), followed by PReLU. Without it
+    the shortcut is the identity and there is no PReLU, as in the collection.
     """
 
     expansion = 4
@@ -216,9 +222,9 @@ class Bottleneck(nn.Module):
 def make_stem(stem: str, order: str, width: int, bn_momentum: float, conv: nn.Module) -> nn.Module:
     """The first layer: ``cifar`` (3x3 stride 1, no pool) or ``imagenet`` (7x7 stride 2 + pool).
 
-    ``order`` is ``conv-bn-relu-pool`` or the seed's reordering ``conv-pool-bn-relu`` (the same
-    layers; BN and ReLU then run on the 4x smaller pooled map). The CIFAR stem has no pool, so
-    both orders give ``conv-bn-relu``.
+    ``order`` is ``conv-bn-relu-pool`` or the HolmesShuan collection's reordering
+    ``conv-pool-bn-relu`` (the same layers; BN and ReLU then run on the 4x smaller pooled map).
+    The CIFAR stem has no pool, so both orders give ``conv-bn-relu``.
     """
     check_choice("stem", stem, STEMS)
     check_choice("stem order", order, STEM_ORDERS)

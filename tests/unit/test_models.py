@@ -1,4 +1,4 @@
-"""Binary ResNets: every registered model and config option trains; blocks follow the seed."""
+"""Binary ResNets: every registered model and config option trains; blocks follow their formulas."""
 
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ def test_gate_scales_each_output_channel() -> None:
 
 
 def test_stem_orders_and_float_ends_by_default() -> None:
-    seed = BinaryResNet("resnet18", width=8, stem_order="conv-pool-bn-relu")
-    assert list(seed.stem._modules) == ["conv", "pool", "bn", "relu"]
+    reordered = BinaryResNet("resnet18", width=8, stem_order="conv-pool-bn-relu")
+    assert list(reordered.stem._modules) == ["conv", "pool", "bn", "relu"]
     plain = BinaryResNet("resnet18", width=8)
     assert list(plain.stem._modules) == ["conv", "bn", "relu", "pool"]
     assert plain.stem.conv.kernel_size == (7, 7) and plain.stem.conv.stride == (2, 2)

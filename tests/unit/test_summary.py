@@ -37,8 +37,8 @@ def test_float_resnet18_matches_the_published_flops() -> None:
     with torch.device("meta"):
         reference = summary(torchvision.models.resnet18(), (3, 224, 224))
     assert s.flops == reference.flops
-    # The seed's default v1 shortcut runs its 1x1 conv before the pooling, at 4x the resolution:
-    # 3 * 3 * 6.4e6 = 5.8e7 more FLOPs (1.87e9, +3.2%).
+    # The HolmesShuan collection's default v1 shortcut runs its 1x1 conv before the pooling, at
+    # 4x the resolution: 3 * 3 * 6.4e6 = 5.8e7 more FLOPs (1.87e9, +3.2%).
     assert _resnet18(mode="float").flops == s.flops + 3 * 3 * DOWNSAMPLE
 
 

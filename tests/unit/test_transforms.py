@@ -71,7 +71,7 @@ def test_lighting_keeps_sub_uint8_noise_and_single_images() -> None:
     out = Lighting(0.01)(img)
     delta = (out - img)[:, 0, 0]
     assert out.shape == img.shape
-    assert 0 < delta.abs().max() < 1 / 255 * 3  # the seed's uint8 round-trip would zero most of it
+    assert 0 < delta.abs().max() < 1 / 255 * 3  # a uint8 round-trip zeroes most
     assert torch.equal(Lighting(0.0)(img), img)
 
 
