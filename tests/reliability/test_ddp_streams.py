@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from reliability_helpers import ROOT, bnn, fit_args, recorded_losses, run_differences
 
+from bnn_lightning.data import ImageFolderDataModule
+
 CONFIGS = ROOT / "configs"
 
 
@@ -31,8 +33,14 @@ def same_picture_tree(root: Path, classes: int = 10, per_class: int = 4) -> Path
 @pytest.mark.ddp
 def test_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
     """The quickstart config (in-memory data, random crop with padding and flip) with the
-    ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it."""
+    ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
+    decoded cache is warm, so rank 0 does no decoding the other rank does not."""
     tree = same_picture_tree(tmp_path / "tree")
+    warm = ImageFolderDataModule(
+        str(tree), cache_dir=str(tmp_path / "cache"), pipeline="cifar", image_size=32,
+        in_memory=True,
+    )  # fmt: skip
+    warm.prepare_data()
     recorder = {"class_path": "batch_recorder.FirstBatch", "init_args": {"out": str(tmp_path)}}
     result = bnn(
         "fit", "--config", str(CONFIGS / "cifar10" / "quickstart.yaml"),
