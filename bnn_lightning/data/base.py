@@ -154,7 +154,7 @@ class ImageDataModule(L.LightningDataModule):
         if isinstance(train, TransformSubset) and train.transform is not None:
             train.transform = SeededTransform.wrap(train.transform)
         self.mix = batch_mix(self.num_classes, self.mixup_alpha, self.cutmix_alpha)
-        self._seed = torch.initial_seed()
+        self._seed = torch.initial_seed() % 2**63  # seed_everything's seed (sampler: seed + epoch)
         self._rank = getattr(self.trainer, "global_rank", 0)
         strategy = getattr(self.trainer, "strategy", None)
         device = getattr(strategy, "root_device", torch.device("cpu"))

@@ -31,7 +31,7 @@ def same_picture_tree(root: Path, classes: int = 10, per_class: int = 4) -> Path
 
 
 @pytest.mark.ddp
-def test_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
+def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
     """The quickstart config (in-memory data, random crop with padding and flip) with the
     ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
     decoded cache is warm, so rank 0 does no decoding the other rank does not."""
@@ -61,7 +61,7 @@ def test_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
 
 @pytest.mark.ddp
 @pytest.mark.slow
-def test_two_process_run_killed_mid_epoch_resumes_each_ranks_streams_exactly(
+def test_8_two_process_run_killed_mid_epoch_resumes_each_ranks_streams_exactly(
     image_tree: Path, tmp_path: Path
 ) -> None:
     """``tiny.yaml`` (per-image crops, flips, rotations and MixUp) on 2 processes, 4 steps an
