@@ -16,6 +16,8 @@ What it adds to plain LightningCLI:
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
+- Default callbacks and plugins unless the config has its own (:mod:`bnn_lightning.cli_defaults`):
+  ``LearningRateMonitor`` in ``fit`` (the lr of every parameter group) and ``AtomicCheckpointIO``.
 - ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
   (``auto`` leaves the cores that other processes keep busy now alone, see
   :func:`bnn_lightning.threads.auto_threads`).
@@ -38,6 +40,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.layers import Mode, get_modes
@@ -240,7 +243,8 @@ class BNNCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode."""
+        """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode;
+        add the default callbacks and plugins (:mod:`bnn_lightning.cli_defaults`)."""
         config = self.config.get(str(self.subcommand), self.config)
         fallback, config.data_fallback = config.get("data_fallback"), None
         if fallback is not None and not _data_root_exists(config.get("data")):
@@ -256,6 +260,7 @@ class BNNCLI(LightningCLI):
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace):
                 configure_logger(logger, out)
+        add_defaults(config.trainer, self.subcommand or "fit")
 
     def after_instantiate_classes(self) -> None:
         """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""
