@@ -13,6 +13,8 @@ What it adds to plain LightningCLI:
 - ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
 - A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
   in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
+  ``last.ckpt`` has a callback of its own that monitors nothing, so
+  ``--checkpoint.every_n_train_steps N`` writes it from step N on, before any validation too.
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
@@ -43,6 +45,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
+from bnn_lightning.last_checkpoint import split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
@@ -263,8 +266,14 @@ class BNNCLI(LightningCLI):
         add_defaults(config.trainer, self.subcommand or "fit")
 
     def after_instantiate_classes(self) -> None:
-        """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""
+        """Give ``last.ckpt`` its own checkpoint callback (:mod:`bnn_lightning.last_checkpoint`);
+        apply the ``threads``, ``channels_last`` and ``compile`` switches."""
         config = self.config.get(str(self.subcommand), self.config)
+        best = self.config_init.get(str(self.subcommand), self.config_init).get("checkpoint")
+        last = split_last_checkpoint(best, config.checkpoint) if best is not None else None
+        if last is not None:
+            # after the best callback: trainer.checkpoint_callback stays the best one
+            self.trainer.callbacks.append(last)  # type: ignore[attr-defined]  # set in __init__
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
