@@ -47,8 +47,9 @@ from bnn_lightning.quantizers import (
     SwishSign,
     get_quantizer,
 )
-from bnn_lightning.schedules import WarmupCosineLR, WarmupMultiStepLR
+from bnn_lightning.schedules import LinearDecayLR, OneCycleLR, WarmupCosineLR, WarmupMultiStepLR
 from bnn_lightning.summary import ModelSummary, summary
+from bnn_lightning.thresholds import RPReLU, RSign
 
 __version__ = "0.1.0"
 
@@ -73,13 +74,17 @@ __all__ = [
     "ImageFolderDataModule",
     "LeakyClip",
     "Lighting",
+    "LinearDecayLR",
     "MagnitudeAwareSign",
     "ModelSummary",
     "NonFiniteGuard",
+    "OneCycleLR",
     "PackedBinaryConv2d",
     "PackedFormatError",
     "QuantizedLayer",
     "Quantizer",
+    "RPReLU",
+    "RSign",
     "ReLU",
     "StageHandoff",
     "SteSign",

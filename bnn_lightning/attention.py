@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnn_lightning.registry import Registry
+
 __all__ = ["ATTENTION", "CBAMGate", "ECAGate", "SEGate", "get_attention"]
 
 
@@ -128,12 +130,10 @@ class CBAMGate(nn.Module):
         return torch.sigmoid(channel) * torch.sigmoid(spatial)
 
 
-ATTENTION: dict[str, type[nn.Module] | None] = {
-    "none": None,
-    "se": SEGate,
-    "eca": ECAGate,
-    "cbam": CBAMGate,
-}
+ATTENTION: Registry[type[nn.Module] | None] = Registry(
+    "attention", {"none": None, "se": SEGate, "eca": ECAGate, "cbam": CBAMGate}
+)
+"""Gates by name; ``none`` is no gate."""
 
 
 def get_attention(
@@ -144,7 +144,5 @@ def get_attention(
     Raises:
         ValueError: ``name`` is not in :data:`ATTENTION`; the message lists the valid names.
     """
-    if name not in ATTENTION:
-        raise ValueError(f"Unknown attention {name!r}; use one of {', '.join(ATTENTION)}.")
-    cls = ATTENTION[name]
+    cls = ATTENTION.lookup(name)
     return None if cls is None else cls(in_channels, out_channels, stride)

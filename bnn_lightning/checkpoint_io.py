@@ -6,13 +6,12 @@ the checkpoint folder (else ``shutil.move`` copies over the target in place), an
 disk. :class:`AtomicCheckpointIO` writes a temporary file next to the target, ``fsync`` s it and
 ``os.replace`` s it into place, so a crash at any moment leaves either the previous checkpoint or
 the new one. It reads with ``weights_only=True`` and turns a truncated, corrupt or unsafe file
-into one :class:`CheckpointError` naming the file. ``BNNClassifier`` installs it in
-``setup`` when the trainer uses the default checkpoint IO; in YAML it can also be set explicitly:
+into one :class:`CheckpointError` naming the file. The ``bnn`` CLI adds it to ``trainer.plugins``
+unless the config names another ``CheckpointIO`` (:mod:`bnn_lightning.cli_defaults`); in Python:
 
-.. code-block:: yaml
+.. code-block:: python
 
-    trainer:
-      plugins: [{class_path: bnn_lightning.checkpoint_io.AtomicCheckpointIO}]
+    trainer = L.Trainer(plugins=[AtomicCheckpointIO()])
 """
 
 from __future__ import annotations
@@ -29,9 +28,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import Trainer
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "read_checkpoint", "use_atomic_checkpoint_io"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "read_checkpoint"]
 
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
@@ -135,10 +133,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         return read_checkpoint(path, map_location, weights_only is not False)
-
-
-def use_atomic_checkpoint_io(trainer: Trainer) -> None:
-    """Give ``trainer`` an :class:`AtomicCheckpointIO` unless it was set up with another IO."""
-    strategy = trainer.strategy
-    if type(strategy.checkpoint_io) is TorchCheckpointIO:
-        strategy.checkpoint_io = AtomicCheckpointIO()

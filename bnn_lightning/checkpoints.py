@@ -8,7 +8,6 @@ LightningCLI writes it, or as :func:`net_config` records it outside the CLI).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,16 @@ from torch import Tensor, nn
 
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.checks import net_config_mismatch
+from bnn_lightning.layers import MODES, get_modes
+from bnn_lightning.registry import Registry
 
 __all__ = [
+    "NETS",
     "TORCHVISION_PREFIX",
     "build_net",
+    "describe_mode",
     "freeze",
+    "init_from_checkpoint",
     "is_plain",
     "load_checkpoint",
     "load_net_state",
@@ -33,6 +37,11 @@ __all__ = [
     "net_from_checkpoint",
     "net_state_dict",
 ]
+
+NETS: Registry[type[nn.Module]] = Registry(
+    "network class_path", base=nn.Module, example="bnn_lightning.BinaryResNet"
+)
+"""Networks by name for :func:`build_net` (any importable ``nn.Module`` class path works too)."""
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -104,6 +113,61 @@ def load_net_state(net: nn.Module, checkpoint: Mapping[str, Any], source: str) -
     load_strict(net, net_state_dict(checkpoint), source, differences)
 
 
+def _spec_name(spec: Any) -> str:
+    """Short name of a quantizer spec: its name, or the class of a class_path mapping / module."""
+    if isinstance(spec, Mapping):
+        return str(spec.get("class_path", "?")).rpartition(".")[2]
+    return spec if isinstance(spec, str) else type(spec).__name__
+
+
+def describe_mode(config: Any, net: nn.Module | None = None) -> str:
+    """``"binary (ste_sign, magnitude_aware_sign)"``: a net's recorded mode and the quantizers it
+    uses (the activation's, then the weight's), from ``{"init_args": {...}}`` as checkpoints record
+    it; from ``net``'s layers when nothing is recorded (``"no recorded mode"`` without a net)."""
+    init_args = config.get("init_args") if isinstance(config, Mapping) else None
+    if not isinstance(init_args, Mapping) or init_args.get("mode") is None:
+        modes = sorted(get_modes(net)) if net is not None else []
+        return "/".join(modes) if modes else "no recorded mode"
+    mode = init_args["mode"]
+    used = {
+        "activation_quantizer": mode in ("binary_activations", "binary"),
+        "weight_quantizer": mode in ("binary_weights", "binary"),
+    }
+    specs = [_spec_name(init_args[k]) for k, on in used.items() if on and k in init_args]
+    return f"{mode} ({', '.join(specs)})" if specs else str(mode)
+
+
+def init_from_checkpoint(
+    net: nn.Module, path: str | Path, target: Any = None, required_mode: str | None = None
+) -> str:
+    """The stage handoff: load ``path``'s network weights into ``net`` strictly and return the
+    line ``"init_from <path>: <source mode> -> <target mode>"`` (see :func:`describe_mode`).
+
+    Args:
+        net: The network of the new run.
+        path: A checkpoint of this project (or a plain state dict, whose mode is unrecorded).
+        target: ``net``'s recorded config (``{"init_args": {...}}``), for the line.
+        required_mode: The mode the checkpoint's run must have recorded (e.g. stage 2 requires
+            ``binary_activations``: a stage-1 run); None accepts any.
+
+    Raises:
+        ValueError: The checkpoint's mode is not ``required_mode``, or its weights do not fit.
+    """
+    if required_mode is not None and required_mode not in MODES:
+        raise ValueError(f"Unknown mode {required_mode!r}; use one of {', '.join(MODES)}.")
+    checkpoint = load_checkpoint(path)
+    source = checkpoint.get("hyper_parameters", {}).get("net")
+    recorded = source.get("init_args", {}).get("mode") if isinstance(source, Mapping) else None
+    if required_mode is not None and recorded != required_mode:
+        found = f"mode {recorded}" if recorded is not None else "no recorded mode"
+        raise ValueError(
+            f"init_from {path} holds a network of {found}, but init_from_mode requires "
+            f"{required_mode}; point init_from at the checkpoint of a {required_mode} run."
+        )
+    load_net_state(net, checkpoint, str(path))
+    return f"init_from {path}: {describe_mode(source)} -> {describe_mode(target, net)}"
+
+
 def is_plain(value: Any) -> bool:
     """True for None, bool, int, float, str and lists / str-keyed dicts of them (YAML values)."""
     if isinstance(value, Mapping):
@@ -124,14 +188,7 @@ def net_config(net: nn.Module) -> dict[str, Any] | None:
 
 def build_net(config: Mapping[str, Any]) -> nn.Module:
     """Instantiate ``{"class_path": ..., "init_args": ...}``; the class must be an ``nn.Module``."""
-    class_path = str(config.get("class_path", ""))
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"class_path {class_path!r} is not an importable nn.Module class.")
+    cls = NETS.lookup(config.get("class_path"))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "net", fail_untyped=False)
     parsed = parser.parse_object({"net": dict(config.get("init_args") or {})})

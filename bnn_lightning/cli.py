@@ -16,8 +16,11 @@ What it adds to plain LightningCLI:
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
+- Default callbacks and plugins unless the config has its own (:mod:`bnn_lightning.cli_defaults`):
+  ``LearningRateMonitor`` in ``fit`` (the lr of every parameter group) and ``AtomicCheckpointIO``.
 - ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
-  (``auto`` leaves cores that other busy processes use alone, see :func:`auto_threads`).
+  (``auto`` leaves the cores that other processes keep busy now alone, see
+  :func:`bnn_lightning.threads.auto_threads`).
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
   writes a checkpoint's network with 1-bit packed weights
   (:func:`bnn_lightning.export.export_checkpoint`).
@@ -37,12 +40,14 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
 from bnn_lightning.summary import ModelSummary, summary
+from bnn_lightning.threads import auto_threads
 
 __all__ = [
     "BNNCLI",
@@ -73,18 +78,6 @@ class _KeepLinesHelpFormatter(DefaultHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
-
-
-def auto_threads() -> int:
-    """CPU cores minus those busy with other work (the 1-minute load average), at least 1.
-
-    PyTorch's OpenMP threads wait for each other by spinning: when another process keeps a core
-    busy, a thread per core makes every step wait for a descheduled thread, and training on a
-    2-core machine ran 5-7x slower than with one thread (see the README's quickstart section).
-    """
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - int(load + 0.5)))
 
 
 def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
@@ -246,11 +239,12 @@ class BNNCLI(LightningCLI):
             "--threads",
             type=int | Literal["auto"] | None,
             default=None,
-            help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere), or null.",
+            help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere now), or null.",
         )
 
     def before_instantiate_classes(self) -> None:
-        """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode."""
+        """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode;
+        add the default callbacks and plugins (:mod:`bnn_lightning.cli_defaults`)."""
         config = self.config.get(str(self.subcommand), self.config)
         fallback, config.data_fallback = config.get("data_fallback"), None
         if fallback is not None and not _data_root_exists(config.get("data")):
@@ -266,6 +260,7 @@ class BNNCLI(LightningCLI):
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace):
                 configure_logger(logger, out)
+        add_defaults(config.trainer, self.subcommand or "fit")
 
     def after_instantiate_classes(self) -> None:
         """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""

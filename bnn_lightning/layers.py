@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from bnn_lightning.fused import ste_sign_conv2d
 from bnn_lightning.quantizers import QuantizerSpec, SteSign, get_quantizer
+from bnn_lightning.thresholds import RSign
 
 __all__ = [
     "MODES",
@@ -152,13 +153,15 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.quantized_weight()
         quantizer = self.input_quantizer
+        if isinstance(quantizer, RSign):  # ReActNet: the threshold first, then its sign
+            x, quantizer = quantizer.shift(x), quantizer.quantizer
         if self._fused(quantizer, x):
             x, padding = self._pad(x)  # the pad value is +-1 or 0, so sign() keeps it binary
             return ste_sign_conv2d(
                 x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
                 cast(SteSign, quantizer).clip,
             )  # fmt: skip
-        x, padding = self._pad(self.quantize_input(x))
+        x, padding = self._pad(x if quantizer is None else quantizer(x))
         x, saving = _compact_input(x, quantizer)
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
@@ -233,12 +236,18 @@ def set_quantizers(
 ) -> int:
     """Replace the quantizers of every binary layer; an argument left out is kept as it is.
 
-    Each layer gets its own quantizer instance. Returns the number of layers changed.
+    Each layer gets its own quantizer instance. An :class:`~bnn_lightning.RSign` input quantizer
+    keeps its learned thresholds: the new quantizer replaces the sign inside it.
+    Returns the number of layers changed.
     """
     layers = binary_layers(model)
     for _, layer in layers:
         if input_quantizer is not _KEEP:
-            layer.input_quantizer = get_quantizer(input_quantizer)  # type: ignore[arg-type]
+            new = get_quantizer(input_quantizer)  # type: ignore[arg-type]
+            current = layer.input_quantizer
+            if isinstance(current, RSign) and not isinstance(new, RSign):
+                current.quantizer, new = new, current
+            layer.input_quantizer = new
         if weight_quantizer is not _KEEP:
             layer.weight_quantizer = get_quantizer(weight_quantizer)  # type: ignore[arg-type]
     return len(layers)

@@ -14,8 +14,13 @@ checkpoints never save it.
         optimizer: {class_path: torch.optim.Adam, init_args: {lr: 2.0e-4, weight_decay: 0.0}}
         lr_scheduler: {class_path: bnn_lightning.WarmupMultiStepLR, init_args: {milestones: [40]}}
         init_from: runs/stage1/last.ckpt
+        init_from_mode: binary_activations
         teacher: runs/stage1/last.ckpt
         kd_weight: 0.5
+
+The ``bnn`` CLI gives the trainer :class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO` and
+a ``LearningRateMonitor`` (:mod:`bnn_lightning.cli_defaults`); a trainer built in Python gets
+them with ``Trainer(plugins=[AtomicCheckpointIO()], callbacks=[LearningRateMonitor()])``.
 """
 
 from __future__ import annotations
@@ -32,13 +37,12 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from bnn_lightning.checkpoint_io import use_atomic_checkpoint_io
 from bnn_lightning.checkpoints import (
     build_net,
     freeze,
+    init_from_checkpoint,
     is_plain,
     load_net_state,
-    load_net_weights,
     load_teacher,
     net_config,
 )
@@ -48,12 +52,15 @@ from bnn_lightning.checks import (
     check_teacher_classes,
     make_optimizer,
 )
+from bnn_lightning.layers import MODES, Mode
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
+from bnn_lightning.run_length import build_scheduler, check_resumed_length
 
 __all__ = ["BNNClassifier"]
 
 Stage = Literal["train", "val", "test"]
+SCHEDULE_LENGTH_KEY = "lr_schedule_length"  # the run's length its lr schedule was built for
 
 
 class BNNClassifier(LightningModule):
@@ -64,7 +71,9 @@ class BNNClassifier(LightningModule):
             only for the center loss).
         num_classes: Number of classes (linked from the datamodule); checked against the net.
         optimizer: Optimizer factory; the default is Adam, default betas (HolmesShuan).
-        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`.
+        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`; one that
+            needs the run's length (:class:`~bnn_lightning.OneCycleLR`, ...) gets it from the
+            trainer (see :mod:`bnn_lightning.run_length`).
         scheduler_interval: Step the scheduler every ``epoch`` or every optimizer ``step``.
         lr: Overrides the optimizer's lr for every group (the stage-2 lr of a handoff).
         weight_decay: Overrides the optimizer's weight decay (HolmesShuan: 1e-5 stage 1, 0 stage 2).
@@ -82,7 +91,10 @@ class BNNClassifier(LightningModule):
             frozen at the start of ``fit``.
         teacher_weights: State-dict file for a ``torchvision:`` teacher.
         init_from: A stage-1 checkpoint whose network weights are loaded strictly at the start of
-            ``fit`` (not when resuming with ``ckpt_path``).
+            ``fit``; a resume (``ckpt_path``) restores from its own checkpoint and never reads it.
+            One line names the checkpoint's mode and quantizers and this net's.
+        init_from_mode: The mode the ``init_from`` checkpoint's run must have recorded (stage 2
+            requires ``binary_activations``, a stage-1 run); None accepts any.
     """
 
     train_metrics: MetricCollection
@@ -108,6 +120,7 @@ class BNNClassifier(LightningModule):
         teacher: nn.Module | str | None = None,
         teacher_weights: str | None = None,
         init_from: str | None = None,
+        init_from_mode: Mode | None = None,
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):  # load_from_checkpoint passes the recorded net config
@@ -132,7 +145,11 @@ class BNNClassifier(LightningModule):
         self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
         self._sync_centers = False
-        self.init_from = init_from
+        self._schedule_length: int | None = None
+        self._resumed_schedule_length: int | None = None
+        if init_from_mode is not None and init_from_mode not in MODES:
+            raise ValueError(f"init_from_mode={init_from_mode!r}; use one of {', '.join(MODES)}.")
+        self.init_from, self.init_from_mode = init_from, init_from_mode
         if isinstance(teacher, nn.Module):
             self.set_teacher(teacher)
         elif teacher is None and self.criterion.needs_teacher:
@@ -209,23 +226,28 @@ class BNNClassifier(LightningModule):
             centers.centers.grad = grad
 
     def setup(self, stage: str) -> None:
-        """At the start of ``fit``: load ``init_from`` (unless resuming) and the teacher.
+        """At the start of ``fit``: load the teacher.
 
-        Also checks the datamodule's classes and makes checkpoint writes atomic
-        (:class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`).
+        Also checks the datamodule's classes.
         """
-        use_atomic_checkpoint_io(self.trainer)
         check_data_classes(self.num_classes, getattr(self.trainer, "datamodule", None))
         if stage != "fit":
             return
-        if self.init_from is not None and self.trainer.ckpt_path is None:
-            load_net_weights(self.net, self.init_from)
         if self._teacher_path is not None and self.teacher is None:
             num_classes = self.num_classes
             self.set_teacher(load_teacher(self._teacher_path, self._teacher_weights, num_classes))
 
     def on_fit_start(self) -> None:
-        """Move the teacher to the device (and dtype) the strategy put the net on."""
+        """Load ``init_from`` unless resuming; move the teacher next to the net.
+
+        Lightning sets ``trainer.ckpt_path`` after ``setup`` when it restores a checkpoint, so
+        ``setup`` cannot tell a resume from a fresh start: ``on_fit_start`` comes after the restore
+        (for strategies that restore before ``on_fit_start``, such as DDP and one device).
+        """
+        if self.init_from is not None and self.trainer.ckpt_path is None:
+            target = self.hparams.get("net")
+            line = init_from_checkpoint(self.net, self.init_from, target, self.init_from_mode)
+            rank_zero_info(line)
         if self.teacher is not None:
             self.set_teacher(self.teacher)
 
@@ -243,9 +265,19 @@ class BNNClassifier(LightningModule):
             return []
         return [NonFiniteGuard()]
 
+    def on_train_start(self) -> None:
+        """A resumed lr schedule must have been built for a run of this run's length."""
+        length = self._schedule_length
+        check_resumed_length(self._resumed_schedule_length, length, self.scheduler_interval)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._schedule_length is not None:
+            checkpoint[SCHEDULE_LENGTH_KEY] = self._schedule_length
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint's net fits this one (naming the arguments that differ), and
         create the class centers when it has them (center loss enabled mid-run)."""
+        self._resumed_schedule_length = checkpoint.get(SCHEDULE_LENGTH_KEY)
         source = str(self._trainer.ckpt_path) if self._trainer is not None else "The checkpoint"
         load_net_state(self.net, checkpoint, source)
         has_centers = "criterion.center_loss.centers" in checkpoint["state_dict"]
@@ -284,7 +316,6 @@ class BNNClassifier(LightningModule):
         if stage == "train":
             parts = self._objective(x, y, logits, features)
             self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         else:
             parts = {"loss": self.criterion.label_loss(logits, y)}
             self.log(f"{stage}/loss", parts["loss"], prog_bar=True, sync_dist=True)
@@ -304,10 +335,11 @@ class BNNClassifier(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.net(x).softmax(dim=1)
+        return self.net(x).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        """The injected optimizer over the parameter groups, and the scheduler if any."""
+        """The injected optimizer over the parameter groups, and the scheduler if any (built for
+        what is left of the run: :func:`~bnn_lightning.run_length.build_scheduler`)."""
         groups = parameter_groups(
             self.net, self.criterion.center_loss, self.lr, self.weight_decay,
             self.no_decay_norm_bias, self.center_lr,
@@ -316,8 +348,11 @@ class BNNClassifier(LightningModule):
         rank_zero_info(describe_groups(optimizer))
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        scheduler, self._schedule_length = build_scheduler(
+            self.lr_scheduler_factory, optimizer, self._trainer, self.scheduler_interval
+        )
+        # LearningRateMonitor (a default of the bnn CLI) logs train/lr/<group name>
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval, "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 

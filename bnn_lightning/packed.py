@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from bnn_lightning.bits import pack_bits, popcount64
 from bnn_lightning.layers import BinaryConv2d, QuantizedLayer
+from bnn_lightning.thresholds import RSign
 
 __all__ = ["PackedBinaryConv2d", "binary_weight_parts", "convert_to_packed", "xnor_conv2d"]
 
@@ -140,8 +141,8 @@ def _xnor_conv2d_compiled(*args: Any) -> Tensor:
 class PackedBinaryConv2d(nn.Module):
     """Inference-only binary convolution on packed weights and packed activations.
 
-    Computes ``scale[o] * conv2d(sign(x), signs)[o] + bias[o]`` with XNOR and popcount (module
-    doc). Weights are kept as int64 words only; activations are packed on the fly.
+    Computes ``scale[o] * conv2d(sign(x - threshold), signs)[o] + bias[o]`` with XNOR and
+    popcount (module doc). Weights are kept as int64 words only; activations are packed on the fly.
 
     Args:
         signs: The {-1, +1} weight ``(out, in // groups, kh, kw)``.
@@ -151,12 +152,15 @@ class PackedBinaryConv2d(nn.Module):
         pad_value: 0 (zero padding, corrected exactly), -1 or +1 (padded as that value).
         use_compile: Run the XNOR-popcount kernel through ``torch.compile`` (fast after a slow first
             call per input shape); False runs eager PyTorch ops.
+        threshold: Per-input-channel threshold ``(in,)`` subtracted before the sign (ReActNet's
+            :class:`~bnn_lightning.RSign`); None means 0.
     """
 
     weight_bits: Tensor
     scale: Tensor
     bias: Tensor | None
     ring_weight: Tensor | None
+    threshold: Tensor | None
 
     def __init__(
         self,
@@ -169,6 +173,7 @@ class PackedBinaryConv2d(nn.Module):
         groups: int = 1,
         pad_value: float = 0.0,
         use_compile: bool = False,
+        threshold: Tensor | None = None,
     ) -> None:
         super().__init__()
         if pad_value not in (-1.0, 0.0, 1.0):
@@ -186,6 +191,8 @@ class PackedBinaryConv2d(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         ring = pad_value == 0.0 and any(self.padding)
         self.register_buffer("ring_weight", signs.float().sum(1, keepdim=True) if ring else None)
+        threshold = None if threshold is None else threshold.detach().float().clone()
+        self.register_buffer("threshold", threshold)
 
     @classmethod
     def from_binary_conv(cls, layer: BinaryConv2d, use_compile: bool = False) -> PackedBinaryConv2d:
@@ -202,12 +209,16 @@ class PackedBinaryConv2d(nn.Module):
         signs, scale = binary_weight_parts(layer)
         bias = None if layer.bias is None else layer.bias.detach()
         padding = layer.padding  # a tuple: BinaryConv2d rejects string padding
+        rsign = layer.input_quantizer
+        threshold = rsign.alpha if isinstance(rsign, RSign) else None
         return cls(
             signs, scale, bias, layer.stride, padding, layer.dilation,  # type: ignore[arg-type]
-            layer.groups, layer.pad_value, use_compile,
+            layer.groups, layer.pad_value, use_compile, threshold,
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.threshold is not None:
+            x = x - self.threshold.to(x.dtype).view(1, -1, 1, 1)
         pad_sign = 1.0 if self.pad_value == 1.0 else -1.0
         args = (x, self.weight_bits, self.kernel_size, self.stride, self.padding, self.dilation)
         if self.use_compile:

@@ -85,14 +85,23 @@ class FixedScaleSign(Quantizer):
 
 
 def quantizer_spec(quantizer: nn.Module | None) -> dict[str, Any] | None:
-    """``{"name", "class_path", "init_args"}`` of a quantizer (what ``get_quantizer`` takes)."""
+    """``{"name", "class_path", "init_args"}`` of a quantizer (what ``get_quantizer`` takes).
+
+    A quantizer held by another one (the sign inside :class:`~bnn_lightning.RSign`) is given by
+    its own spec; learned values (RSign's thresholds) are state-dict tensors, not arguments.
+    """
     if quantizer is None:
         return None
     if isinstance(quantizer, FixedScaleSign):
         return quantizer.source
     cls = type(quantizer)
     params = inspect.signature(cls.__init__).parameters
-    init_args = {k: getattr(quantizer, k) for k in params if k != "self" and hasattr(quantizer, k)}
+    init_args = {
+        k: quantizer_spec(v) if isinstance(v, nn.Module) else v
+        for k in params
+        if k != "self" and hasattr(quantizer, k)
+        for v in [getattr(quantizer, k)]
+    }
     return {
         "name": quantizer_name(quantizer),
         "class_path": f"{cls.__module__}.{cls.__qualname__}",

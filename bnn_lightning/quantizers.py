@@ -12,12 +12,13 @@ Quantizers are resolved from YAML-friendly specs by :func:`get_quantizer`: a sho
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from bnn_lightning.registry import Registry
 
 __all__ = [
     "QUANTIZERS",
@@ -251,40 +252,24 @@ class ReLU(Quantizer):
         return torch.relu(x)
 
 
-QUANTIZERS: dict[str, type[Quantizer]] = {
-    "ste_sign": SteSign,
-    "approx_sign": ApproxSign,
-    "swish_sign": SwishSign,
-    "magnitude_aware_sign": MagnitudeAwareSign,
-    "leaky_clip": LeakyClip,
-    "clamp": Clamp,
-    "relu": ReLU,
-}
+QUANTIZERS: Registry[type[nn.Module]] = Registry(
+    "quantizer",
+    {
+        "ste_sign": SteSign,
+        "approx_sign": ApproxSign,
+        "swish_sign": SwishSign,
+        "magnitude_aware_sign": MagnitudeAwareSign,
+        "leaky_clip": LeakyClip,
+        "clamp": Clamp,
+        "relu": ReLU,
+    },
+    base=nn.Module,
+    example="bnn_lightning.quantizers.SteSign",
+    alternatives=("null for full precision",),
+)
+"""Quantizers by short name; :meth:`~bnn_lightning.registry.Registry.register` adds one."""
 
 QuantizerSpec = str | Mapping[str, Any] | nn.Module | None
-
-
-def _unknown(spec: object) -> ValueError:
-    names = ", ".join(sorted(QUANTIZERS))
-    return ValueError(
-        f"Unknown quantizer {spec!r}; use one of {names}, a class path such as "
-        "'bnn_lightning.quantizers.SteSign', or null for full precision."
-    )
-
-
-def _resolve_class(name: str) -> type[nn.Module]:
-    if name in QUANTIZERS:
-        return QUANTIZERS[name]
-    module_name, _, attr = name.rpartition(".")
-    if not module_name:
-        raise _unknown(name)
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        raise _unknown(name) from None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise _unknown(name)
-    return cls
 
 
 def get_quantizer(spec: QuantizerSpec) -> nn.Module | None:
@@ -300,12 +285,10 @@ def get_quantizer(spec: QuantizerSpec) -> nn.Module | None:
     if isinstance(spec, str):
         if spec.lower() in ("none", "identity", "null", "float"):
             return None
-        return _resolve_class(spec)()
-    if isinstance(spec, Mapping):
-        if "class_path" not in spec:
-            raise _unknown(spec)
-        return _resolve_class(str(spec["class_path"]))(**dict(spec.get("init_args") or {}))
-    raise _unknown(spec)
+        return QUANTIZERS.lookup(spec)()
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        return QUANTIZERS.lookup(str(spec["class_path"]))(**dict(spec.get("init_args") or {}))
+    raise QUANTIZERS.error(spec)
 
 
 def quantizer_name(quantizer: nn.Module | None) -> str:

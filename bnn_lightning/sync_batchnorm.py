@@ -30,7 +30,11 @@ BN = TypeVar("BN", bound=_BatchNorm)
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of each input is the sum of the outputs' gradients."""
+    """Sum over processes; the gradient of each input is the sum of the outputs' gradients.
+
+    Kept by hand: ``torch.distributed.nn.functional.all_reduce`` does the same but is deprecated
+    (a ``FutureWarning`` on every call) in favour of the private ``_functional_collectives``.
+    """
 
     @staticmethod
     def forward(ctx: Any, tensor: Tensor) -> Tensor:

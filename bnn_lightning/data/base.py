@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from bnn_lightning.data.predict import predict_loader
 from bnn_lightning.data.resumable import ResumableDataLoader
 from bnn_lightning.data.transforms import ColorJitterSwitch, batch_mix
 
@@ -65,6 +66,8 @@ class ImageDataModule(L.LightningDataModule):
         mixup_alpha: MixUp Beta(alpha, alpha) for training batches; 0 turns it off.
         cutmix_alpha: CutMix alpha; with both > 0 each batch picks one of the two.
         seed: seed of the validation split carved from the training images.
+        predict_root: ``predict`` classifies every image under this folder (with or without class
+            sub-folders, see :mod:`bnn_lightning.data.predict`) instead of the test split.
     """
 
     num_classes: int
@@ -81,6 +84,7 @@ class ImageDataModule(L.LightningDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -95,6 +99,7 @@ class ImageDataModule(L.LightningDataModule):
         self.in_memory = in_memory
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.seed = seed
+        self.predict_root = predict_root
         self.color_jitter: ColorJitterSwitch | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -115,7 +120,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"{world} devices; use a multiple of {world}."
             )
         self.per_device_batch_size = self.batch_size // world
-        if self.train_set is None:
+        if self.train_set is None and not (stage == "predict" and self.predict_root):
             self.build_datasets()
         self.mix = batch_mix(self.num_classes, self.mixup_alpha, self.cutmix_alpha)
 
@@ -149,6 +154,8 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_root:
+            return predict_loader(self, self.predict_root)
         return self._loader(self.test_set, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -41,7 +41,7 @@ class CIFAR10DataModule(ImageDataModule):
         rotation: RandomRotation range in degrees (0 turns it off).
         padding: RandomCrop padding.
         autoaugment: add AutoAugment with the CIFAR-10 policy.
-        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed; see
+        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed, ``predict_root``; see
             :class:`~bnn_lightning.data.base.ImageDataModule`.
     """
 
@@ -66,16 +66,23 @@ class CIFAR10DataModule(ImageDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
-            cutmix_alpha, seed,
+            cutmix_alpha, seed, predict_root,
         )  # fmt: skip
         self.save_hyperparameters()
         self.root = Path(os.path.expandvars(root)).expanduser()
         self.download = download
         self.val_size = val_size
         self.rotation, self.padding, self.autoaugment = rotation, padding, autoaugment
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, from the dataset's meta file (``predict`` writes them)."""
+        self._check_exists()
+        return self.dataset_cls(str(self.root), train=False).classes
 
     def _check_exists(self) -> None:
         if not (self.root / self.folder).is_dir():

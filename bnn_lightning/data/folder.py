@@ -85,7 +85,7 @@ class ImageFolderDataModule(ImageDataModule):
         mean: normalization mean; None uses ImageNet's (CIFAR-10's for the ``cifar`` pipeline).
         std: normalization std; None as ``mean``.
         skip_corrupt: drop images that do not decode (logging how many) instead of raising.
-        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed; see
+        **kwargs: batch size, workers, ``in_memory``, MixUp/CutMix, seed, ``predict_root``; see
             :class:`~bnn_lightning.data.base.ImageDataModule`.
     """
 
@@ -115,12 +115,13 @@ class ImageFolderDataModule(ImageDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         seed: int = 0,
+        predict_root: str | None = None,
     ) -> None:
         if num_workers is None and in_memory and pipeline != "cifar":
             num_workers = min(4, os.cpu_count() or 1)  # per-image transforms: use workers
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, in_memory, mixup_alpha,
-            cutmix_alpha, seed,
+            cutmix_alpha, seed, predict_root,
         )  # fmt: skip
         self.save_hyperparameters()
         if pipeline not in ("imagenet", "cifar"):

@@ -19,10 +19,13 @@ from bnn_lightning.models.blocks import (
     make_downsample,
     make_stem,
 )
-from bnn_lightning.models.resnet import ARCHS, BinaryResNet
+from bnn_lightning.models.reactnet import ReActBlock
+from bnn_lightning.models.resnet import ARCHS, BLOCKS, BinaryResNet
+from bnn_lightning.registry import Registry
 
 __all__ = [
     "ARCHS",
+    "BLOCKS",
     "DOWNSAMPLE",
     "MODELS",
     "STEMS",
@@ -31,22 +34,27 @@ __all__ = [
     "BinaryResNet",
     "BlockOptions",
     "Bottleneck",
+    "ReActBlock",
     "create_model",
     "list_models",
     "make_downsample",
     "make_stem",
 ]
 
-MODELS: dict[str, dict[str, Any]] = {
-    f"{arch}{suffix}": {"arch": arch, "stem": stem}
-    for arch in ARCHS
-    for suffix, stem in (("", "imagenet"), ("_cifar", "cifar"))
-}
+MODELS: Registry[dict[str, Any]] = Registry(
+    "model",
+    {
+        f"{arch}{suffix}": {"arch": arch, "stem": stem}
+        for arch in ARCHS
+        for suffix, stem in (("", "imagenet"), ("_cifar", "cifar"))
+    },
+)
+"""Model names and the :class:`BinaryResNet` arguments each one fixes."""
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, **kwargs: Any) -> BinaryResNet:
@@ -55,6 +63,4 @@ def create_model(name: str, **kwargs: Any) -> BinaryResNet:
     Raises:
         ValueError: ``name`` is not registered; the message lists the valid names.
     """
-    if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}; use one of {', '.join(list_models())}.")
-    return BinaryResNet(**{**MODELS[name], **kwargs})
+    return BinaryResNet(**{**MODELS.lookup(name), **kwargs})

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from bnn_lightning.attention import get_attention
 from bnn_lightning.layers import BinaryConv2d, BinaryLinear
+from bnn_lightning.registry import unknown_name
 
 __all__ = [
     "DOWNSAMPLE",
@@ -55,7 +56,7 @@ STEM_ORDERS: tuple[str, ...] = ("conv-bn-relu-pool", "conv-pool-bn-relu")
 def check_choice(kind: str, value: str, valid: tuple[str, ...] | dict[str, Any]) -> None:
     """Raise a one-line ValueError naming ``value`` and the valid choices."""
     if value not in valid:
-        raise ValueError(f"Unknown {kind} {value!r}; use one of {', '.join(valid)}.")
+        raise unknown_name(kind, value, valid)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Binary ResNet-18 / 34 / 50 of the HolmesShuan collection's blocks (:mod:`~.models.blocks`).
 
 ResNet-18 and ResNet-34 follow Bi-Real Net: each original basic block (two 3x3 convs) becomes
-two :class:`BasicBlock` s, so every binary conv has its own shortcut. ResNet-50 stacks its
-binary :class:`Bottleneck`. Stem, widths, shortcut, gates, quantizers and the training mode are
-constructor arguments, so a YAML config reaches every variant.
+two :class:`BasicBlock` s, so every binary conv has its own shortcut (``block="reactnet"``: two
+:class:`~bnn_lightning.models.reactnet.ReActBlock` s, ReActNet's learnable thresholds). ResNet-50
+stacks its binary :class:`Bottleneck`. Stem, widths, shortcut, gates, quantizers and the training
+mode are constructor arguments, so a YAML config reaches every variant.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from bnn_lightning.models.blocks import (
     check_choice,
     make_stem,
 )
+from bnn_lightning.models.reactnet import ReActBlock
 
-__all__ = ["ARCHS", "BinaryResNet"]
+__all__ = ["ARCHS", "BLOCKS", "BinaryResNet"]
 
 ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     # Bi-Real style: each original basic block of ResNet-10/18/34 becomes two BasicBlocks.
@@ -33,6 +35,7 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet34": ("basic", (6, 8, 12, 6)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
 }
+BLOCKS: tuple[str, ...] = ("standard", "reactnet")
 
 
 class BinaryResNet(nn.Module):
@@ -59,6 +62,9 @@ class BinaryResNet(nn.Module):
         binary_stem: Make the first conv a :class:`BinaryConv2d` (default real-valued).
         binary_head: Make the classifier a :class:`BinaryLinear` (default real-valued).
         pad_value: Padding value of the binary 3x3 convs.
+        block: ``standard`` (:class:`BasicBlock`, or :class:`Bottleneck` for ``resnet50``) or
+            ``reactnet`` (:class:`~bnn_lightning.models.reactnet.ReActBlock`: ReActNet's
+            ``RSign`` thresholds and ``RPReLU``, BatchNorm after the conv; ResNet-10/18/34).
 
     Attributes:
         init_args: The constructor arguments, so ``BinaryResNet(**model.init_args)`` rebuilds the
@@ -85,6 +91,7 @@ class BinaryResNet(nn.Module):
         binary_stem: bool = False,
         binary_head: bool = False,
         pad_value: float = 0.0,
+        block: str = "standard",
     ) -> None:
         init_args = copy.deepcopy(
             {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -93,6 +100,10 @@ class BinaryResNet(nn.Module):
         check_choice("arch", arch, ARCHS)
         check_choice("mode", mode, MODES)
         check_choice("downsample", downsample, DOWNSAMPLE)
+        check_choice("block", block, BLOCKS)
+        if block == "reactnet" and ARCHS[arch][0] != "basic":
+            basic = ", ".join(a for a, (kind, _) in ARCHS.items() if kind == "basic")
+            raise ValueError(f"block='reactnet' needs a basic-block arch ({basic}), got {arch!r}.")
         if width % groups:
             raise ValueError(f"groups={groups} must divide width={width}; pick a divisor of it.")
         self.init_args: dict[str, Any] = init_args
@@ -114,25 +125,25 @@ class BinaryResNet(nn.Module):
             else nn.Conv2d(3, width, kernel, stride, padding=kernel // 2, bias=False)
         )
         self.stem = make_stem(stem, stem_order, width, bn_momentum, stem_conv)
-        self.stages = self._make_stages(arch, width, opts)
+        self.stages = self._make_stages(arch, width, opts, block)
         self.num_features = nf = width * 8 * (4 if ARCHS[arch][0] == "bottleneck" else 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = opts.linear(nf, num_classes) if binary_head else nn.Linear(nf, num_classes)
 
     @staticmethod
-    def _make_stages(arch: str, width: int, opts: BlockOptions) -> nn.Sequential:
+    def _make_stages(arch: str, width: int, opts: BlockOptions, block: str) -> nn.Sequential:
         kind, depths = ARCHS[arch]
         stages, inplanes = [], width
         for i, depth in enumerate(depths):
-            planes, blocks = width * 2**i, []
+            planes = width * 2**i
+            blocks: list[nn.Module] = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                block: nn.Module
-                if kind == "basic":
-                    block = BasicBlock(inplanes, planes, stride, opts)
+                if kind == "bottleneck":
+                    blocks.append(Bottleneck(inplanes, planes, stride, j == 0, opts))
                 else:
-                    block = Bottleneck(inplanes, planes, stride, j == 0, opts)
-                blocks.append(block)
+                    basic = ReActBlock if block == "reactnet" else BasicBlock
+                    blocks.append(basic(inplanes, planes, stride, opts))
                 inplanes = planes * (1 if kind == "basic" else Bottleneck.expansion)
             stages.append(nn.Sequential(*blocks))
         return nn.Sequential(*stages)

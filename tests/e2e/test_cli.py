@@ -6,14 +6,17 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 
 from bnn_lightning.checkpoints import net_from_checkpoint
-from bnn_lightning.cli import BNNCLI, auto_threads, main
+from bnn_lightning.cli import BNNCLI, main
 from bnn_lightning.data import CIFAR10DataModule
 from bnn_lightning.export import load_packed
 
@@ -83,14 +86,26 @@ def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
     assert cli.model.net.fc.out_features == 10
 
 
-@pytest.mark.parametrize(("load", "expected"), [(0.1, 2), (1.2, 1), (3.7, 1)])
-def test_auto_threads_leaves_busy_cores_alone(
-    load: float, expected: int, monkeypatch: pytest.MonkeyPatch
+def test_auto_threads_use_every_idle_core_after_a_busy_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    """The load average still counts a finished ``pip install``; the CPU sample shows idle cores."""
+    clock = [100.0]
+    monkeypatch.setattr(psutil, "cpu_times", lambda: _idle_cpu_times(clock[0]))
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.7, 0.3))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert auto_threads() == expected
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    BNNCLI(args=[*quick_args(tmp_path), "--threads", "auto"], run=False)
+    assert chosen == [2]
+
+
+def _idle_cpu_times(clock: float) -> SimpleNamespace:
+    """``psutil.cpu_times()`` of an idle 2-core machine ``clock`` seconds after boot."""
+    fields = {"user": 0.01 * clock, "system": 0.01 * clock, "idle": 1.98 * clock}
+    return SimpleNamespace(_asdict=lambda: fields)
 
 
 def test_threads_switch_sets_torch_threads(tmp_path: Path) -> None:

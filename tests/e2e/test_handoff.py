@@ -10,7 +10,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import LambdaCallback
+from lightning.pytorch.callbacks import LambdaCallback, LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_lightning.callbacks import BNNDiagnostics, StageHandoff, WeightClip
@@ -31,11 +32,17 @@ def net(mode: str = "binary_activations", width: int = 8) -> BinaryResNet:
 
 
 def trainer(tmp_path: Path, callbacks: list[L.Callback], **kwargs) -> L.Trainer:
+    kwargs.setdefault("logger", False)
     return L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        accelerator="cpu", devices=1, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1, default_root_dir=tmp_path, callbacks=callbacks, **kwargs,
     )  # fmt: skip
+
+
+def logger(tmp_path: Path) -> CSVLogger:
+    """A logger for LearningRateMonitor, which refuses to run without one."""
+    return CSVLogger(tmp_path, name="csv")
 
 
 def weights(module: BNNClassifier) -> dict[str, torch.Tensor]:
@@ -80,7 +87,10 @@ def distilling_handoff(epoch: int) -> StageHandoff:
 def test_stage_handoff_in_one_fit(tmp_path):
     """(b): same weights, binary weights on, fresh optimizer at the stage-2 lr, stage-1 teacher."""
     module, probe = stage1_module(), Probe()
-    run = trainer(tmp_path, [distilling_handoff(2), probe], max_epochs=3)
+    monitor = LearningRateMonitor()  # reads the rebuilt optimizer: no scheduler, so lr-Adam/<group>
+    run = trainer(
+        tmp_path, [distilling_handoff(2), monitor, probe], max_epochs=3, logger=logger(tmp_path)
+    )
     run.fit(module, loader(), loader())
     before, after = probe.end[1], probe.start[2]
     for key, value in before["weights"].items():
@@ -94,7 +104,8 @@ def test_stage_handoff_in_one_fit(tmp_path):
         assert torch.equal(module.teacher.state_dict()[key], value), key
     assert "train/loss_kd" not in probe.logged[1]
     assert math.isfinite(probe.logged[2]["train/loss_kd"])
-    assert probe.logged[2]["train/lr"] == pytest.approx(2e-4)
+    assert probe.logged[1]["lr-Adam/decay"] == pytest.approx(1e-3)
+    assert probe.logged[2]["lr-Adam/decay"] == pytest.approx(2e-4)
 
 
 def test_stage_handoff_survives_resume(tmp_path):
@@ -164,14 +175,17 @@ def test_checkpoint_reloads_to_the_same_logits(tmp_path):
 
 def test_step_interval_schedule_anneals_to_zero(tmp_path):
     """A per-step warm-up + cosine schedule, as a short run (the quickstart) needs."""
-    schedule = partial(WarmupCosineLR, max_iters=8, warmup_iters=2, warmup_factor=0.5)
+    schedule = partial(WarmupCosineLR, warmup_fraction=0.25, warmup_factor=0.5)  # 8 steps
     module = BNNClassifier(net(), lr_scheduler=schedule, scheduler_interval="step")
-    probe = Probe()
+    probe, monitor = Probe(), LearningRateMonitor()
     lrs: list[float] = []
     recorder = LambdaCallback(
         on_train_batch_start=lambda t, *_: lrs.append(t.optimizers[0].param_groups[0]["lr"])
     )
-    trainer(tmp_path, [probe, recorder], max_steps=8).fit(module, loader(), loader())
+    callbacks = [monitor, probe, recorder]
+    run = trainer(tmp_path, callbacks, max_steps=8, logger=logger(tmp_path), log_every_n_steps=1)
+    run.fit(module, loader(), loader())
     expected = [5e-4, 7.5e-4] + [5e-4 * (1 + math.cos(math.pi * s / 6)) for s in range(6)]
     assert lrs == pytest.approx(expected)
-    assert probe.logged[1]["train/lr"] == pytest.approx(expected[-1])
+    assert probe.logged[1]["train/lr/decay"] == pytest.approx(expected[-1])  # the scheduler's name
+    assert monitor.lrs["train/lr/decay"] == pytest.approx(expected)

@@ -35,6 +35,10 @@ def die_while_saving(calls: int) -> None:
     torch.save = save
 
 
+class Crash(RuntimeError):
+    """The failure :class:`Recorder` raises at ``fail_at_step``."""
+
+
 class Recorder(L.Callback):
     """Record every step's loss; SIGKILL this process at the end of ``kill_at_step``.
 
@@ -48,20 +52,29 @@ class Recorder(L.Callback):
         kill_at_step: Global step whose end kills the process (None: never).
         kill_in_save: With ``kill_at_step``: die half-way through writing the ``kill_in_save``-th
             checkpoint file from the end of that step on, instead of before it.
+        fail_at_step: Global step whose end raises :class:`Crash` (a crash a test in the same
+            process survives; no checkpoint is written for it).
     """
 
     def __init__(
-        self, out: str, kill_at_step: int | None = None, kill_in_save: int | None = None
+        self,
+        out: str,
+        kill_at_step: int | None = None,
+        kill_in_save: int | None = None,
+        fail_at_step: int | None = None,
     ) -> None:
         self.out = Path(out)
         self.kill_at_step = kill_at_step
         self.kill_in_save = kill_in_save
+        self.fail_at_step = fail_at_step
         self.losses: dict[int, float] = {}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
         self.losses[trainer.global_step] = float(outputs["loss"])
+        if trainer.global_step == self.fail_at_step:
+            raise Crash(f"crash at step {trainer.global_step}")
         if trainer.global_step != self.kill_at_step:
             return
         if self.kill_in_save is None:

@@ -24,7 +24,7 @@ from reliability_helpers import (
     tiny_trainer,
 )
 
-from bnn_lightning.checkpoint_io import CheckpointError, read_checkpoint
+from bnn_lightning.checkpoint_io import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from bnn_lightning.export import export_checkpoint
 from bnn_lightning.module import BNNClassifier
 
@@ -51,8 +51,9 @@ def fit_from(root: Path, **kwargs: object) -> Callable[[Path], object]:
     """``path -> fit`` of a tiny module that reads ``path`` through ``kwargs`` or ``ckpt_path``."""
 
     def run(path: Path) -> object:
-        if not kwargs:
-            return tiny_trainer(root).fit(tiny_module(), tensor_loader(), ckpt_path=path)
+        if not kwargs:  # the trainer reads ckpt_path through its plugin (the CLI's default)
+            trainer = tiny_trainer(root, plugins=[AtomicCheckpointIO()])
+            return trainer.fit(tiny_module(), tensor_loader(), ckpt_path=path)
         options = {k: str(path) if v is None else v for k, v in kwargs.items()}
         return tiny_trainer(root).fit(tiny_module(**options), tensor_loader())
 

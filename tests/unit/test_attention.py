@@ -74,7 +74,9 @@ def test_cbam_matches_definition_at_stride_two() -> None:
 
 def test_none_gives_no_gate_and_unknown_names_list_the_valid_ones() -> None:
     assert get_attention("none", 8, 8) is None
-    with pytest.raises(ValueError, match=r"'bam'.*none, se, eca, cbam"):
+    with pytest.raises(
+        ValueError, match=r"Unknown attention 'bam'; use one of cbam, eca, none, se\.$"
+    ):
         get_attention("bam", 8, 8)
 
 
