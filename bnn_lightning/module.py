@@ -55,10 +55,12 @@ from bnn_lightning.checks import (
 from bnn_lightning.layers import MODES, Mode
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
+from bnn_lightning.run_length import build_scheduler, check_resumed_length
 
 __all__ = ["BNNClassifier"]
 
 Stage = Literal["train", "val", "test"]
+SCHEDULE_LENGTH_KEY = "lr_schedule_length"  # the run's length its lr schedule was built for
 
 
 class BNNClassifier(LightningModule):
@@ -69,7 +71,9 @@ class BNNClassifier(LightningModule):
             only for the center loss).
         num_classes: Number of classes (linked from the datamodule); checked against the net.
         optimizer: Optimizer factory; the default is Adam, default betas (HolmesShuan).
-        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`.
+        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`; one that
+            needs the run's length (:class:`~bnn_lightning.OneCycleLR`, ...) gets it from the
+            trainer (see :mod:`bnn_lightning.run_length`).
         scheduler_interval: Step the scheduler every ``epoch`` or every optimizer ``step``.
         lr: Overrides the optimizer's lr for every group (the stage-2 lr of a handoff).
         weight_decay: Overrides the optimizer's weight decay (HolmesShuan: 1e-5 stage 1, 0 stage 2).
@@ -141,6 +145,8 @@ class BNNClassifier(LightningModule):
         self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
         self._sync_centers = False
+        self._schedule_length: int | None = None
+        self._resumed_schedule_length: int | None = None
         if init_from_mode is not None and init_from_mode not in MODES:
             raise ValueError(f"init_from_mode={init_from_mode!r}; use one of {', '.join(MODES)}.")
         self.init_from, self.init_from_mode = init_from, init_from_mode
@@ -259,9 +265,19 @@ class BNNClassifier(LightningModule):
             return []
         return [NonFiniteGuard()]
 
+    def on_train_start(self) -> None:
+        """A resumed lr schedule must have been built for a run of this run's length."""
+        length = self._schedule_length
+        check_resumed_length(self._resumed_schedule_length, length, self.scheduler_interval)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._schedule_length is not None:
+            checkpoint[SCHEDULE_LENGTH_KEY] = self._schedule_length
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint's net fits this one (naming the arguments that differ), and
         create the class centers when it has them (center loss enabled mid-run)."""
+        self._resumed_schedule_length = checkpoint.get(SCHEDULE_LENGTH_KEY)
         source = str(self._trainer.ckpt_path) if self._trainer is not None else "The checkpoint"
         load_net_state(self.net, checkpoint, source)
         has_centers = "criterion.center_loss.centers" in checkpoint["state_dict"]
@@ -322,7 +338,8 @@ class BNNClassifier(LightningModule):
         return self.net(x).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        """The injected optimizer over the parameter groups, and the scheduler if any."""
+        """The injected optimizer over the parameter groups, and the scheduler if any (built for
+        what is left of the run: :func:`~bnn_lightning.run_length.build_scheduler`)."""
         groups = parameter_groups(
             self.net, self.criterion.center_loss, self.lr, self.weight_decay,
             self.no_decay_norm_bias, self.center_lr,
@@ -331,7 +348,9 @@ class BNNClassifier(LightningModule):
         rank_zero_info(describe_groups(optimizer))
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        scheduler, self._schedule_length = build_scheduler(
+            self.lr_scheduler_factory, optimizer, self._trainer, self.scheduler_interval
+        )
         # LearningRateMonitor (a default of the bnn CLI) logs train/lr/<group name>
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": config}
