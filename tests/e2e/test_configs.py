@@ -2,8 +2,8 @@
 
 A stage file runs composed on its dataset's ``base.yaml`` (``distill.yaml`` and
 ``stage2_*.yaml`` on ``base`` + ``stage2``), a trainer preset on the quickstart; ``init_from`` /
-``teacher`` point at a stage-1 checkpoint written by a one-step run. Presets that need GPUs (or several processes: the DDP test
-runs those) are parsed and validated here without running.
+``teacher`` point at a stage-1 checkpoint written by a one-step run. Presets that need GPUs (or
+several processes: the DDP test runs those) are parsed and validated here without running.
 """
 
 from __future__ import annotations
