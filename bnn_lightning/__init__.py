@@ -47,7 +47,7 @@ from bnn_lightning.quantizers import (
     SwishSign,
     get_quantizer,
 )
-from bnn_lightning.schedules import WarmupCosineLR, WarmupMultiStepLR
+from bnn_lightning.schedules import LinearDecayLR, OneCycleLR, WarmupCosineLR, WarmupMultiStepLR
 from bnn_lightning.summary import ModelSummary, summary
 from bnn_lightning.thresholds import RPReLU, RSign
 
@@ -74,9 +74,11 @@ __all__ = [
     "ImageFolderDataModule",
     "LeakyClip",
     "Lighting",
+    "LinearDecayLR",
     "MagnitudeAwareSign",
     "ModelSummary",
     "NonFiniteGuard",
+    "OneCycleLR",
     "PackedBinaryConv2d",
     "PackedFormatError",
     "QuantizedLayer",

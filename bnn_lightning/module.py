@@ -55,10 +55,12 @@ from bnn_lightning.checks import (
 from bnn_lightning.layers import MODES, Mode
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
+from bnn_lightning.run_length import build_scheduler, check_resumed_length
 
 __all__ = ["BNNClassifier"]
 
 Stage = Literal["train", "val", "test"]
+SCHEDULE_LENGTH_KEY = "lr_schedule_length"  # the run's length its lr schedule was built for
 
 
 class BNNClassifier(LightningModule):
@@ -69,7 +71,9 @@ class BNNClassifier(LightningModule):
             only for the center loss).
         num_classes: Number of classes (linked from the datamodule); checked against the net.
         optimizer: Optimizer factory; the default is Adam, default betas (HolmesShuan).
-        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`.
+        lr_scheduler: Scheduler factory, e.g. :class:`~bnn_lightning.WarmupMultiStepLR`; one that
+            needs the run's length (:class:`~bnn_lightning.OneCycleLR`, ...) gets it from the
+            trainer (see :mod:`bnn_lightning.run_length`).
         scheduler_interval: Step the scheduler every ``epoch`` or every optimizer ``step``.
         lr: Overrides the optimizer's lr for every group (the stage-2 lr of a handoff).
         weight_decay: Overrides the optimizer's weight decay (HolmesShuan: 1e-5 stage 1, 0 stage 2).
@@ -82,7 +86,8 @@ class BNNClassifier(LightningModule):
         feature_pairs: ``{student_module_name: teacher_module_name}`` for attention transfer.
         feature_weight: Weight of the attention-transfer term.
         center_weight: Weight lambda of the center loss on the penultimate features.
-        center_lr: Learning rate of the class centers (their own optimizer group).
+        center_alpha: Rate alpha of Wen et al.'s center update (0.5), which moves the class
+            centers outside the optimizer (:class:`~bnn_lightning.losses.CenterLoss`).
         teacher: A module, a checkpoint of this project, or ``torchvision:<name>``; loaded
             frozen at the start of ``fit``.
         teacher_weights: State-dict file for a ``torchvision:`` teacher.
@@ -112,7 +117,7 @@ class BNNClassifier(LightningModule):
         feature_pairs: dict[str, str] | None = None,
         feature_weight: float = 0.0,
         center_weight: float = 0.0,
-        center_lr: float = 0.5,
+        center_alpha: float = 0.5,
         teacher: nn.Module | str | None = None,
         teacher_weights: str | None = None,
         init_from: str | None = None,
@@ -129,10 +134,10 @@ class BNNClassifier(LightningModule):
         self.scheduler_interval = scheduler_interval
         check_positive("lr", lr)
         self.lr, self.weight_decay = lr, weight_decay
-        self.no_decay_norm_bias, self.center_lr = no_decay_norm_bias, center_lr
+        self.no_decay_norm_bias = no_decay_norm_bias
         self.criterion = BNNLoss(
             label_smoothing, kd_weight, kd_temperature, refinery_weight, feature_weight,
-            center_weight, self.num_classes, getattr(net, "num_features", None),
+            center_weight, self.num_classes, getattr(net, "num_features", None), center_alpha,
         )  # fmt: skip
         self.feature_pairs = dict(feature_pairs or {})
         self._student_hooks = FeatureHooks(net, list(self.feature_pairs))
@@ -140,7 +145,8 @@ class BNNClassifier(LightningModule):
         self._teacher_hooks: FeatureHooks | None = None
         self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
-        self._sync_centers = False
+        self._schedule_length: int | None = None
+        self._resumed_schedule_length: int | None = None
         if init_from_mode is not None and init_from_mode not in MODES:
             raise ValueError(f"init_from_mode={init_from_mode!r}; use one of {', '.join(MODES)}.")
         self.init_from, self.init_from_mode = init_from, init_from_mode
@@ -204,20 +210,10 @@ class BNNClassifier(LightningModule):
 
     def set_loss_weights(self, **weights: float) -> None:
         """Change loss weights mid-run (creating the centers on the net's device if needed)."""
-        had_centers = self.criterion.center_loss is not None
         self.criterion.set_weights(**weights)
         if self.criterion.needs_teacher and self.teacher is None:
             raise ValueError(f"Loss weights {weights} need a teacher, and none is set.")
         self.criterion.to(self.device)
-        # centers created after DDP wrapped the module are not synchronized by DDP
-        self._sync_centers |= not had_centers and self._trainer is not None
-
-    def on_after_backward(self) -> None:
-        """Average the gradient of class centers created mid-run over the processes."""
-        centers = self.criterion.center_loss
-        if self._sync_centers and centers is not None and centers.centers.grad is not None:
-            grad = self.trainer.strategy.reduce(centers.centers.grad, reduce_op="mean")
-            centers.centers.grad = grad
 
     def setup(self, stage: str) -> None:
         """At the start of ``fit``: load the teacher.
@@ -259,9 +255,19 @@ class BNNClassifier(LightningModule):
             return []
         return [NonFiniteGuard()]
 
+    def on_train_start(self) -> None:
+        """A resumed lr schedule must have been built for a run of this run's length."""
+        length = self._schedule_length
+        check_resumed_length(self._resumed_schedule_length, length, self.scheduler_interval)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._schedule_length is not None:
+            checkpoint[SCHEDULE_LENGTH_KEY] = self._schedule_length
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check that the checkpoint's net fits this one (naming the arguments that differ), and
         create the class centers when it has them (center loss enabled mid-run)."""
+        self._resumed_schedule_length = checkpoint.get(SCHEDULE_LENGTH_KEY)
         source = str(self._trainer.ckpt_path) if self._trainer is not None else "The checkpoint"
         load_net_state(self.net, checkpoint, source)
         has_centers = "criterion.center_loss.centers" in checkpoint["state_dict"]
@@ -322,16 +328,16 @@ class BNNClassifier(LightningModule):
         return self.net(x).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        """The injected optimizer over the parameter groups, and the scheduler if any."""
-        groups = parameter_groups(
-            self.net, self.criterion.center_loss, self.lr, self.weight_decay,
-            self.no_decay_norm_bias, self.center_lr,
-        )  # fmt: skip
+        """The injected optimizer over the parameter groups, and the scheduler if any (built for
+        what is left of the run: :func:`~bnn_lightning.run_length.build_scheduler`)."""
+        groups = parameter_groups(self.net, self.lr, self.weight_decay, self.no_decay_norm_bias)
         optimizer = make_optimizer(self.optimizer_factory, groups)
         rank_zero_info(describe_groups(optimizer))
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        scheduler, self._schedule_length = build_scheduler(
+            self.lr_scheduler_factory, optimizer, self._trainer, self.scheduler_interval
+        )
         # LearningRateMonitor (a default of the bnn CLI) logs train/lr/<group name>
         config = {"scheduler": scheduler, "interval": self.scheduler_interval, "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -45,7 +45,8 @@ class StageHandoff(Callback):
         weight: Weight quantizer spec of stage 2.
         teacher_from_stage1: A frozen copy of the stage-1 net becomes the distillation teacher.
         loss_weights: Loss weights for stage 2, e.g. ``{kd_weight: 0.5, center_weight: 0.01}``.
-        lr_scheduler: Scheduler factory for stage 2 (None restarts the module's own from 0).
+        lr_scheduler: Scheduler factory for stage 2 (None restarts the module's own); one that
+            needs the run's length spans what is left of the run.
         color_jitter: Colour jitter in stage 2 (the HolmesShuan collection turns it off).
     """
 

@@ -175,7 +175,7 @@ def test_checkpoint_reloads_to_the_same_logits(tmp_path):
 
 def test_step_interval_schedule_anneals_to_zero(tmp_path):
     """A per-step warm-up + cosine schedule, as a short run (the quickstart) needs."""
-    schedule = partial(WarmupCosineLR, max_iters=8, warmup_iters=2, warmup_factor=0.5)
+    schedule = partial(WarmupCosineLR, warmup_fraction=0.25, warmup_factor=0.5)  # 8 steps
     module = BNNClassifier(net(), lr_scheduler=schedule, scheduler_interval="step")
     probe, monitor = Probe(), LearningRateMonitor()
     lrs: list[float] = []

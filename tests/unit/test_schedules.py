@@ -10,7 +10,13 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from bnn_lightning.schedules import WarmupCosineLR, WarmupMultiStepLR
+from bnn_lightning.schedules import (
+    LinearDecayLR,
+    OneCycleLR,
+    RunLength,
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+)
 
 
 def lr_per_epoch(make: Callable[[Optimizer], LRScheduler], epochs: int, lr: float) -> list[float]:
@@ -66,7 +72,8 @@ def test_one_stage_linear_warmup():
 
 
 def test_warmup_cosine_anneals_to_zero():
-    lrs = lr_per_epoch(lambda o: WarmupCosineLR(o, 20, warmup_iters=4, warmup_factor=0.1), 21, 1.0)
+    make = lambda o: WarmupCosineLR(o, warmup_fraction=0.2, warmup_factor=0.1, total_steps=20)
+    lrs = lr_per_epoch(make, 21, 1.0)
     assert lrs[:4] == pytest.approx([0.1 + 0.9 * e / 4 for e in range(4)])
     cosine = [0.5 * (1 + math.cos(math.pi * (e - 4) / 16)) for e in range(4, 21)]
     assert lrs[4:] == pytest.approx(cosine, abs=1e-9)
@@ -105,3 +112,77 @@ def test_bad_settings_are_rejected(kwargs, match):
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     with pytest.raises(ValueError, match=match):
         WarmupMultiStepLR(opt, **kwargs)
+
+
+def lr_per_step(make: Callable[[Optimizer], LRScheduler], steps: int, lr: float) -> list[float]:
+    return lr_per_epoch(make, steps, lr)
+
+
+@pytest.mark.parametrize("strategy", ["linear", "cos"])
+@pytest.mark.parametrize("total", [2, 7, 100, 703])
+def test_one_cycle_formula(strategy, total):
+    """Smith & Topin's one-cycle: from lr / div up to lr at round(pct * (T - 1)), then down to
+    lr / (div * final_div) at the last step T - 1; held there after the run."""
+    lr, pct, div, final_div = 4e-3, 0.15, 10.0, 1e3
+    make = lambda o: OneCycleLR(o, pct, strategy, div, final_div, total_steps=total)
+    lrs = lr_per_step(make, total + 2, lr)
+    peak, last = round(pct * (total - 1)), total - 1
+
+    def anneal(a: float, b: float, t: float) -> float:
+        if strategy == "linear":
+            return a + (b - a) * t
+        return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+
+    expected = [anneal(lr / div, lr, k / peak) for k in range(peak)]
+    expected += [
+        anneal(lr, lr / div / final_div, (k - peak) / (last - peak)) for k in range(peak, total)
+    ]
+    expected += [lr / div / final_div] * 2
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lrs[peak] == pytest.approx(lr) and lrs[last] == pytest.approx(lr / div / final_div)
+
+
+def test_one_cycle_peaks_at_each_groups_lr():
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (1e-3, 5e-4)]
+    opt = torch.optim.Adam(groups)
+    sched = OneCycleLR(opt, pct_start=0.5, total_steps=11)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 5e-4])
+
+
+def test_linear_decay_is_reactnets_lambda():
+    """Liu et al.'s ``LambdaLR(lambda step: 1.0 - step / epochs)``: lr / T last, then 0."""
+    lrs = lr_per_step(lambda o: LinearDecayLR(o, total_steps=8), 10, 5e-4)
+    assert lrs == pytest.approx([5e-4 * (1 - t / 8) for t in range(9)] + [0.0], abs=1e-15)
+
+
+def test_length_schedules_need_the_run_length():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ValueError, match="OneCycleLR needs the run's length"):
+        OneCycleLR(opt)
+    with RunLength(lambda: 702):
+        assert OneCycleLR(opt).total_steps == 702
+        assert WarmupCosineLR(opt, warmup_fraction=0.1).total_steps == 702
+        with pytest.raises(ValueError, match=r"total_steps=1000 but the run has 702 .* remove"):
+            LinearDecayLR(opt, total_steps=1000)
+
+
+def test_state_restores_the_length_it_was_built_with():
+    """A resume continues the curve in its checkpoint, whatever the new run would compute."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = OneCycleLR(opt, total_steps=20)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched2 = OneCycleLR(opt2, total_steps=50)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.total_steps == 20
+    for _ in range(13):
+        for o, s in ((opt, sched), (opt2, sched2)):
+            o.step()
+            s.step()
+        assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
