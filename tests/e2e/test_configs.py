@@ -1,10 +1,11 @@
 """Every YAML file in configs/ runs (``fast_dev_run``) on tiny fake data, so no config can rot.
 
-A stage file runs composed on its dataset's ``base.yaml`` (``distill.yaml`` on ``base`` +
-``stage2``, ``<name>_stage2.yaml`` on ``base`` + ``<name>.yaml``), a trainer preset on the
-quickstart; ``init_from`` / ``teacher`` point at a stage-1 checkpoint written by a one-step run
-(of ``stage1.yaml``, or of ``<name>.yaml`` for ``<name>_stage2.yaml``). Presets that need GPUs
-(or several processes: the DDP test runs those) are parsed and validated here without running.
+A stage file runs composed on its dataset's ``base.yaml`` (``distill.yaml`` and
+``stage2_*.yaml`` on ``base`` + ``stage2``, ``<name>_stage2.yaml`` on ``base`` + ``<name>.yaml``),
+a trainer preset on the quickstart; ``init_from`` / ``teacher`` point at a stage-1 checkpoint
+written by a one-step run (of ``stage1.yaml``, or of ``<name>.yaml`` for ``<name>_stage2.yaml``).
+Presets that need GPUs (or several processes: the DDP test runs those) are parsed and validated
+here without running.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def compose(path: Path) -> list[Path]:
     base = path.parent / "base.yaml"
     if not base.is_file() or path == base:
         return [path]
-    middle = [path.parent / "stage2.yaml"] if path.stem == "distill" else []
+    on_stage2 = path.stem == "distill" or path.stem.startswith("stage2_")
+    middle = [path.parent / "stage2.yaml"] if on_stage2 else []
     if path.stem.endswith(STAGE2):
         middle = [path.with_name(path.stem.removesuffix(STAGE2) + ".yaml")]
     return [base, *middle, path]
