@@ -13,6 +13,8 @@ What it adds to plain LightningCLI:
 - ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
 - A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
   in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
+  ``last.ckpt`` has a callback of its own that monitors nothing, so
+  ``--checkpoint.every_n_train_steps N`` writes it from step N on, before any validation too.
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
@@ -30,7 +32,9 @@ What it adds to plain LightningCLI:
 from __future__ import annotations
 
 import os
+import sys
 import time
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +44,12 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
+from bnn_lightning.cli_errors import VERBOSE_FLAG, one_line_error
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
+from bnn_lightning.last_checkpoint import split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
@@ -67,9 +74,12 @@ examples:
   bnn fit --config ... --trainer.max_epochs 10 --print_config
   bnn summary --config configs/imagenet/base.yaml            # bits, BOPs, FLOPs per layer
   bnn export --config ... --ckpt_path last                   # 1-bit packed weights
+  bnn predict --config ... --ckpt_path last --data.init_args.predict_root DIR  # -> CSV
   bnn fit --help                                             # every option of a subcommand
 
-Configs compose (later files and flags win); outputs go to trainer.default_root_dir."""
+Configs compose (later files and flags win); outputs go to trainer.default_root_dir.
+A mistake ends in one `error:` line; add --verbose for the full report and traceback."""
+_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "export")
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
 
 
@@ -188,9 +198,10 @@ class BNNCLI(LightningCLI):
         self.start_time = time.perf_counter()
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault(
-            "parser_kwargs", {"description": HELP, "formatter_class": _KeepLinesHelpFormatter}
-        )
+        kwargs["parser_kwargs"] = {
+            "description": HELP, "formatter_class": _KeepLinesHelpFormatter,
+            **kwargs.get("parser_kwargs", {}),
+        }  # fmt: skip
         super().__init__(
             BNNClassifier,
             ImageDataModule,
@@ -200,6 +211,15 @@ class BNNCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; then read a ``ckpt_path`` file safely first (a bad one is one
+        :class:`~bnn_lightning.checkpoint_io.CheckpointError`, not LightningCLI's raw load)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -263,8 +283,14 @@ class BNNCLI(LightningCLI):
         add_defaults(config.trainer, self.subcommand or "fit")
 
     def after_instantiate_classes(self) -> None:
-        """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""
+        """Give ``last.ckpt`` its own checkpoint callback (:mod:`bnn_lightning.last_checkpoint`);
+        apply the ``threads``, ``channels_last`` and ``compile`` switches."""
         config = self.config.get(str(self.subcommand), self.config)
+        best = self.config_init.get(str(self.subcommand), self.config_init).get("checkpoint")
+        last = split_last_checkpoint(best, config.checkpoint) if best is not None else None
+        if last is not None:
+            # after the best callback: trainer.checkpoint_callback stays the best one
+            self.trainer.callbacks.append(last)  # type: ignore[attr-defined]  # set in __init__
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
@@ -310,4 +336,26 @@ def main(args: list[str] | None = None) -> None:
     ``$BNN_DATA_DIR``, which configs use for the offline archives, defaults to ``../shared/data``.
     """
     os.environ.setdefault("BNN_DATA_DIR", "../shared/data")
-    BNNCLI(args=args)
+    argv = sys.argv[1:] if args is None else list(args)
+    if VERBOSE_FLAG in argv:  # jsonargparse's full report and every traceback
+        argv.remove(VERBOSE_FLAG)
+        BNNCLI(args=_in_process(argv, args))
+        return
+    quiet = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in _SUBCOMMANDS}}
+    try:
+        BNNCLI(args=_in_process(argv, args), parser_kwargs=quiet)
+    except Exception as err:
+        subcommand = next((a for a in argv if a in _SUBCOMMANDS), None)
+        message = one_line_error(err, subcommand)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ArgumentError) else 1) from None
+
+
+def _in_process(argv: list[str], args: list[str] | None) -> list[str] | None:
+    """``argv`` for an in-process call; None reads ``sys.argv`` (LightningCLI warns about both)."""
+    if args is None:
+        sys.argv[1:] = argv
+        return None
+    return argv
