@@ -305,7 +305,7 @@ def test_init_args_rebuild_the_same_model(name: str, options: dict[str, Any]) ->
     ("kwargs", "message"),
     [
         ({"arch": "resnet101"}, r"arch 'resnet101'.*resnet18, resnet34, resnet50"),
-        ({"attention": "bam"}, r"attention 'bam'.*none, se, eca, cbam"),
+        ({"attention": "bam"}, r"attention 'bam'.*cbam, eca, none, se"),
         ({"downsample": "v4"}, r"downsample 'v4'.*v1, v2, v3"),
         ({"stem": "tiny"}, r"stem 'tiny'.*cifar, imagenet"),
         ({"stem_order": "bn-conv"}, r"conv-bn-relu-pool, conv-pool-bn-relu"),
