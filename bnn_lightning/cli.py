@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
-from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,10 +48,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
-from bnn_lightning.cli_errors import VERBOSE_FLAG, one_line_error
+from bnn_lightning.cli_errors import run_reporting_errors
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
-from bnn_lightning.last_checkpoint import split_last_checkpoint
+from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
@@ -83,7 +81,6 @@ examples:
 
 Configs compose (later files and flags win); outputs go to trainer.default_root_dir.
 A mistake ends in one `error:` line; add --verbose for the full report and traceback."""
-_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "export")
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
 
 
@@ -154,9 +151,13 @@ class BNNTrainer(Trainer):
         return report
 
     def _resolve_checkpoint(self, ckpt_path: str) -> Path:
-        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint``; else a path."""
+        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint`` (``best``: the one
+        the run recorded as best, :func:`~bnn_lightning.last_checkpoint.recorded_best`); else a
+        path."""
         callback = self.checkpoint_callback
-        if ckpt_path in ("last", "best") and isinstance(callback, ModelCheckpoint):
+        if ckpt_path == "best" and isinstance(callback, ModelCheckpoint):
+            return recorded_best(callback)
+        if ckpt_path == "last" and isinstance(callback, ModelCheckpoint):
             folder = Path(callback.dirpath or self.default_root_dir)
             found = sorted(folder.glob(f"{ckpt_path}*.ckpt"), key=os.path.getmtime)
             if not found:
@@ -360,26 +361,4 @@ class BNNCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls)."""
-    argv = sys.argv[1:] if args is None else list(args)
-    if VERBOSE_FLAG in argv:  # jsonargparse's full report and every traceback
-        argv.remove(VERBOSE_FLAG)
-        BNNCLI(args=_in_process(argv, args))
-        return
-    quiet = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in _SUBCOMMANDS}}
-    try:
-        BNNCLI(args=_in_process(argv, args), parser_kwargs=quiet)
-    except Exception as err:
-        subcommand = next((a for a in argv if a in _SUBCOMMANDS), None)
-        message = one_line_error(err, subcommand)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(err, ArgumentError) else 1) from None
-
-
-def _in_process(argv: list[str], args: list[str] | None) -> list[str] | None:
-    """``argv`` for an in-process call; None reads ``sys.argv`` (LightningCLI warns about both)."""
-    if args is None:
-        sys.argv[1:] = argv
-        return None
-    return argv
+    run_reporting_errors(BNNCLI, args, list(BNNCLI.subcommands()))
