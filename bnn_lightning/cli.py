@@ -49,7 +49,7 @@ from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.cli_errors import VERBOSE_FLAG, one_line_error
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
-from bnn_lightning.last_checkpoint import split_last_checkpoint
+from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
@@ -150,9 +150,13 @@ class BNNTrainer(Trainer):
         return report
 
     def _resolve_checkpoint(self, ckpt_path: str) -> Path:
-        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint``; else a path."""
+        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint`` (``best``: the one
+        the run recorded as best, :func:`~bnn_lightning.last_checkpoint.recorded_best`); else a
+        path."""
         callback = self.checkpoint_callback
-        if ckpt_path in ("last", "best") and isinstance(callback, ModelCheckpoint):
+        if ckpt_path == "best" and isinstance(callback, ModelCheckpoint):
+            return recorded_best(callback)
+        if ckpt_path == "last" and isinstance(callback, ModelCheckpoint):
             folder = Path(callback.dirpath or self.default_root_dir)
             found = sorted(folder.glob(f"{ckpt_path}*.ckpt"), key=os.path.getmtime)
             if not found:

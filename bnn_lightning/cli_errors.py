@@ -64,7 +64,18 @@ def _chain(err: BaseException) -> list[BaseException]:
 def _is_user_error(err: BaseException) -> bool:
     if isinstance(err, (MisconfigurationException, *_PATH_ERRORS)):
         return True
+    if type(err).__module__.startswith("bnn_lightning."):  # CorruptImageError, CheckpointError...
+        return True
     return isinstance(err, _OURS) and _raised_in(err).startswith(_PACKAGE)
+
+
+def _message(err: BaseException) -> str:
+    """``err``'s sentence; a DataLoader worker's error carries its traceback: the last line."""
+    message = str(err)
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 def _condense(message: str) -> str:
@@ -102,7 +113,7 @@ def one_line_error(err: BaseException, subcommand: str | None = None) -> str | N
             )
         if _JSONARGPARSE not in _raised_in(inner) and not isinstance(inner, ArgumentError):
             if _is_user_error(inner):
-                return _condense(str(inner))
+                return _condense(_message(inner))
             return None
     if not isinstance(err, ArgumentError):
         return None

@@ -1,4 +1,5 @@
-"""``last.ckpt`` on its own schedule, whatever the best checkpoint monitors.
+"""The run's two checkpoints: ``last.ckpt`` on its own schedule, whatever the best checkpoint
+monitors, and the best checkpoint as the run recorded it.
 
 The ``bnn`` command's ``ModelCheckpoint`` keeps the best ``val/acc_top1``. Lightning's
 ``save_last`` writes ``last.ckpt`` only together with a save of that callback, and a
@@ -12,16 +13,24 @@ in the first epoch (hours) lost everything.
 nothing (Lightning's own callback, public arguments only), on the best one's triggers: every
 ``every_n_train_steps`` steps from step N on, every ``train_time_interval``, or at the end of
 every ``every_n_epochs``-th epoch (the default: every epoch).
+
+:func:`recorded_best` finds the best checkpoint after the run (``bnn export --ckpt_path best``):
+the ``best_model_path`` that the monitored callback recorded in the run's newest checkpoint, not
+the newest file, which with ``save_top_k > 1`` is any of the kept ones.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["split_last_checkpoint"]
+from bnn_lightning.checkpoint_io import read_checkpoint
+
+__all__ = ["recorded_best", "split_last_checkpoint"]
 
 _TRIGGERS = (
     "every_n_train_steps",
@@ -57,4 +66,49 @@ def split_last_checkpoint(
         save_top_k=1,  # unmonitored: the newest, under one name
         enable_version_counter=False,  # a rerun rewrites last.ckpt
         **{key: options[key] for key in _TRIGGERS if options.get(key) is not None},
+    )
+
+
+def _recorded_state(callback: ModelCheckpoint, states: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``callback``'s state among a checkpoint's ``callbacks`` (by its state key, else the one
+    ModelCheckpoint that monitored the same metric, when the triggers were changed since)."""
+    if callback.state_key in states:
+        return states[callback.state_key]
+    same = [
+        state
+        for key, state in states.items()
+        if key.startswith("ModelCheckpoint") and state.get("monitor") == callback.monitor
+    ]
+    return same[0] if len(same) == 1 else {}
+
+
+def recorded_best(callback: ModelCheckpoint) -> Path:
+    """The best checkpoint of ``callback``'s run: the ``best_model_path`` it recorded in
+    ``last.ckpt`` (else in the newest checkpoint) of its folder.
+
+    A recorded path that no longer exists (the run folder was moved) is looked up by its name in
+    the folder.
+
+    Raises:
+        FileNotFoundError: No checkpoint in the folder, none recorded, or the file is gone.
+    """
+    folder = Path(callback.dirpath or ".")
+    last = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    found = sorted(folder.glob(f"*{ModelCheckpoint.FILE_EXTENSION}"), key=os.path.getmtime)
+    record = last if last.is_file() else found[-1] if found else None
+    if record is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {folder}; train first or pass a checkpoint path."
+        )
+    state = _recorded_state(callback, read_checkpoint(record).get("callbacks", {}))
+    recorded = state.get("best_model_path")
+    if not recorded:
+        raise FileNotFoundError(
+            f"{record} records no best checkpoint of {callback.monitor}; pass a checkpoint path."
+        )
+    for path in (Path(recorded), folder / Path(recorded).name):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"The best checkpoint {recorded} recorded in {record} is gone; pass a checkpoint path."
     )

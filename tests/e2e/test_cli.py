@@ -18,7 +18,7 @@ from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 from bnn_lightning.checkpoints import net_from_checkpoint
 from bnn_lightning.cli import BNNCLI, main
 from bnn_lightning.data import CIFAR10DataModule
-from bnn_lightning.export import load_packed
+from bnn_lightning.export import load_packed, read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -162,3 +162,18 @@ def test_summary_and_export_subcommands(tmp_path: Path, capsys: pytest.CaptureFi
     net = net_from_checkpoint(ckpt).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(packed(x), net(x))
+
+
+def test_export_best_is_the_checkpoint_the_run_recorded_as_best(tmp_path: Path) -> None:
+    """With ``save_top_k: -1`` every epoch is kept; the newest file is not the best one."""
+    main(["fit", *quick_args(tmp_path), *two_steps(3), "--checkpoint.save_top_k", "-1"])
+    folder = tmp_path / "run" / "checkpoints"
+    states = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"]
+    (best,) = [Path(s["best_model_path"]) for s in states.values() if s["monitor"]]
+    others = sorted(set(folder.glob("best-*.ckpt")) - {best})
+    assert len(others) == 2
+    for i, other in enumerate(others):  # newer than the best one (as after copying the folder)
+        os.utime(other, (time.time() + 10 + i, time.time() + 10 + i))
+    main(["export", *quick_args(tmp_path), "--ckpt_path", "best"])
+    assert read_manifest(best.with_suffix(".bnn"))["extras"]["checkpoint"] == best.name
+    assert not any(other.with_suffix(".bnn").exists() for other in others)

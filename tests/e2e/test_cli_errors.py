@@ -11,6 +11,8 @@ from fakes import CONFIGS, tiny_data_args, tiny_run_args
 from torchvision.datasets import cifar as cifar_module
 
 from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.cli_errors import one_line_error
+from bnn_lightning.data.images import CorruptImageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -132,3 +134,20 @@ def test_an_error_from_outside_the_package_keeps_its_traceback(
 
         monkeypatch.setattr(BNNCLI, "before_instantiate_classes", bug)
         main(["fit", *quick_args(tmp_path)])
+
+
+class Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise CorruptImageError(f"Cannot decode image img{index}.png (broken); replace it.")
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_sentence() -> None:
+    """A worker re-raises with its traceback in the message; the line is the sentence alone."""
+    loader = torch.utils.data.DataLoader(Unreadable(), num_workers=1)
+    with pytest.raises(CorruptImageError) as err:
+        next(iter(loader))
+    assert "Original Traceback" in str(err.value)
+    assert one_line_error(err.value) == "Cannot decode image img0.png (broken); replace it."
