@@ -32,9 +32,7 @@ What it adds to plain LightningCLI:
 from __future__ import annotations
 
 import os
-import sys
 import time
-from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +44,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
-from bnn_lightning.cli_errors import VERBOSE_FLAG, one_line_error
+from bnn_lightning.cli_errors import run_reporting_errors
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
@@ -79,7 +77,6 @@ examples:
 
 Configs compose (later files and flags win); outputs go to trainer.default_root_dir.
 A mistake ends in one `error:` line; add --verbose for the full report and traceback."""
-_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "export")
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
 
 
@@ -340,26 +337,4 @@ def main(args: list[str] | None = None) -> None:
     ``$BNN_DATA_DIR``, which configs use for the offline archives, defaults to ``../shared/data``.
     """
     os.environ.setdefault("BNN_DATA_DIR", "../shared/data")
-    argv = sys.argv[1:] if args is None else list(args)
-    if VERBOSE_FLAG in argv:  # jsonargparse's full report and every traceback
-        argv.remove(VERBOSE_FLAG)
-        BNNCLI(args=_in_process(argv, args))
-        return
-    quiet = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in _SUBCOMMANDS}}
-    try:
-        BNNCLI(args=_in_process(argv, args), parser_kwargs=quiet)
-    except Exception as err:
-        subcommand = next((a for a in argv if a in _SUBCOMMANDS), None)
-        message = one_line_error(err, subcommand)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(err, ArgumentError) else 1) from None
-
-
-def _in_process(argv: list[str], args: list[str] | None) -> list[str] | None:
-    """``argv`` for an in-process call; None reads ``sys.argv`` (LightningCLI warns about both)."""
-    if args is None:
-        sys.argv[1:] = argv
-        return None
-    return argv
+    run_reporting_errors(BNNCLI, args, list(BNNCLI.subcommands()))
