@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import pickle
-import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -31,21 +30,30 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "read_checkpoint"]
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
-
 
 class CheckpointError(ValueError):
     """A checkpoint file that is truncated, corrupt, or refers to code (``weights_only``)."""
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects (``module.name``) the file's pickle refers to beyond what
+    ``weights_only`` allows, found by reading its opcodes without running them."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a readable pickle: reported as corrupt instead
+        return []
+    return [name.removeprefix("builtins.") for name in names]
+
+
 def _load_error(path: Path, err: Exception) -> CheckpointError:
     """One-line error for a file that ``torch.load(weights_only=True)`` rejected."""
-    unsafe = _UNSAFE_GLOBAL.search(str(err))
-    if isinstance(err, pickle.UnpicklingError) and unsafe:
+    unsafe = _unsafe_globals(path) if isinstance(err, pickle.UnpicklingError) else []
+    if unsafe:
+        objects = "object " if len(unsafe) == 1 else "objects "
         return CheckpointError(
-            f"Checkpoint {path} refers to the Python object {unsafe.group(1)}, which "
-            "weights_only=True refuses to load (it could run code); load only checkpoints you "
-            "trust, and re-save this one as tensors and plain values."
+            f"Checkpoint {path} refers to the Python {objects}{', '.join(unsafe)}, which this "
+            "project's checkpoints never hold (only tensors and plain values), so it was refused "
+            "unread; load only checkpoints you trust."
         )
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return CheckpointError(

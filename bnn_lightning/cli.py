@@ -11,8 +11,12 @@
 What it adds to plain LightningCLI:
 
 - ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
+- ``data_fallback`` replaces ``data`` when data's root names an unset environment variable (the
+  quickstart without ``$BNN_DATA_DIR``); a given root that does not exist is an ``error:`` line.
 - A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
   in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
+  ``last.ckpt`` has a callback of its own that monitors nothing, so
+  ``--checkpoint.every_n_train_steps N`` writes it from step N on, before any validation too.
 - A logger without ``save_dir`` writes under ``trainer.default_root_dir``; a ``WandbLogger`` runs
   offline when no API key is configured, and becomes a ``CSVLogger`` when ``WANDB_MODE=disabled``.
   Every logger receives the resolved config and the model summary (bits, BOPs, FLOPs).
@@ -30,6 +34,7 @@ What it adds to plain LightningCLI:
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -39,10 +44,14 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
+from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
+from bnn_lightning.cli_errors import run_reporting_errors
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
+from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
@@ -67,9 +76,11 @@ examples:
   bnn fit --config ... --trainer.max_epochs 10 --print_config
   bnn summary --config configs/imagenet/base.yaml            # bits, BOPs, FLOPs per layer
   bnn export --config ... --ckpt_path last                   # 1-bit packed weights
+  bnn predict --config ... --ckpt_path last --data.init_args.predict_root DIR  # -> CSV
   bnn fit --help                                             # every option of a subcommand
 
-Configs compose (later files and flags win); outputs go to trainer.default_root_dir."""
+Configs compose (later files and flags win); outputs go to trainer.default_root_dir.
+A mistake ends in one `error:` line; add --verbose for the full report and traceback."""
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
 
 
@@ -140,9 +151,13 @@ class BNNTrainer(Trainer):
         return report
 
     def _resolve_checkpoint(self, ckpt_path: str) -> Path:
-        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint``; else a path."""
+        """``last`` / ``best`` name the files of this run's ``ModelCheckpoint`` (``best``: the one
+        the run recorded as best, :func:`~bnn_lightning.last_checkpoint.recorded_best`); else a
+        path."""
         callback = self.checkpoint_callback
-        if ckpt_path in ("last", "best") and isinstance(callback, ModelCheckpoint):
+        if ckpt_path == "best" and isinstance(callback, ModelCheckpoint):
+            return recorded_best(callback)
+        if ckpt_path == "last" and isinstance(callback, ModelCheckpoint):
             folder = Path(callback.dirpath or self.default_root_dir)
             found = sorted(folder.glob(f"{ckpt_path}*.ckpt"), key=os.path.getmtime)
             if not found:
@@ -169,10 +184,35 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config, **model_summary})
 
 
-def _data_root_exists(data: Namespace | None) -> bool:
-    """False when the DataModule config names a ``root`` that does not exist ($VARS expanded)."""
+def _pick_data(config: Namespace) -> str | None:
+    """Put ``data_fallback`` in place of ``data`` when no data root was given; else check it.
+
+    A root that names an unset environment variable (the quickstart's ``$BNN_DATA_DIR``) was not
+    given: the fallback is used if there is one. A given root that does not exist (and is not
+    to be downloaded) is an error. Returns the error's one line, or None.
+    """
+    fallback, config.data_fallback = config.get("data_fallback"), None
+    data = config.get("data")
     root = data.init_args.get("root") if isinstance(data, Namespace) else None
-    return root is None or Path(os.path.expandvars(root)).expanduser().exists()
+    if not isinstance(root, str):
+        return None
+    unset = re.findall(r"\$\{?(\w+)", os.path.expandvars(root))
+    if unset and fallback is not None:
+        rank_zero_info(f"${unset[0]} is not set: using data_fallback ({fallback.class_path}).")
+        config.data = fallback
+        return None
+    if unset:
+        return (
+            f"data.init_args.root {root} uses ${unset[0]}, which is not set; set it to the folder "
+            "holding the data, or pass --data.init_args.root."
+        )
+    missing = not Path(os.path.expandvars(root)).expanduser().exists()
+    if missing and not data.init_args.get("download"):
+        return (
+            f"data.init_args.root {root} does not exist; point it at the dataset's folder or "
+            "archive (--data.init_args.root)."
+        )
+    return None
 
 
 class BNNCLI(LightningCLI):
@@ -188,9 +228,10 @@ class BNNCLI(LightningCLI):
         self.start_time = time.perf_counter()
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault(
-            "parser_kwargs", {"description": HELP, "formatter_class": _KeepLinesHelpFormatter}
-        )
+        kwargs["parser_kwargs"] = {
+            "description": HELP, "formatter_class": _KeepLinesHelpFormatter,
+            **kwargs.get("parser_kwargs", {}),
+        }  # fmt: skip
         super().__init__(
             BNNClassifier,
             ImageDataModule,
@@ -200,6 +241,15 @@ class BNNCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; then read a ``ckpt_path`` file safely first (a bad one is one
+        :class:`~bnn_lightning.checkpoint_io.CheckpointError`, not LightningCLI's raw load)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -227,7 +277,7 @@ class BNNCLI(LightningCLI):
             ImageDataModule,
             "data_fallback",
             required=False,
-            help="DataModule used instead of data when data's root does not exist.",
+            help="DataModule used instead of data when data's root names an unset variable.",
         )
         parser.add_argument(
             "--channels_last", type=bool, default=False, help="Run the net in channels_last."
@@ -246,9 +296,8 @@ class BNNCLI(LightningCLI):
         """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode;
         add the default callbacks and plugins (:mod:`bnn_lightning.cli_defaults`)."""
         config = self.config.get(str(self.subcommand), self.config)
-        fallback, config.data_fallback = config.get("data_fallback"), None
-        if fallback is not None and not _data_root_exists(config.get("data")):
-            config.data = fallback
+        if (error := _pick_data(config)) is not None:
+            self.parser.error(error)
         out = Path(config.trainer.default_root_dir or "runs")
         config.trainer.default_root_dir = str(out)
         if config.checkpoint.dirpath is None:
@@ -263,8 +312,14 @@ class BNNCLI(LightningCLI):
         add_defaults(config.trainer, self.subcommand or "fit")
 
     def after_instantiate_classes(self) -> None:
-        """Apply the ``threads``, ``channels_last`` and ``compile`` switches."""
+        """Give ``last.ckpt`` its own checkpoint callback (:mod:`bnn_lightning.last_checkpoint`);
+        apply the ``threads``, ``channels_last`` and ``compile`` switches."""
         config = self.config.get(str(self.subcommand), self.config)
+        best = self.config_init.get(str(self.subcommand), self.config_init).get("checkpoint")
+        last = split_last_checkpoint(best, config.checkpoint) if best is not None else None
+        if last is not None:
+            # after the best callback: trainer.checkpoint_callback stays the best one
+            self.trainer.callbacks.append(last)  # type: ignore[attr-defined]  # set in __init__
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
@@ -305,9 +360,5 @@ class BNNCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls).
-
-    ``$BNN_DATA_DIR``, which configs use for the offline archives, defaults to ``../shared/data``.
-    """
-    os.environ.setdefault("BNN_DATA_DIR", "../shared/data")
-    BNNCLI(args=args)
+    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls)."""
+    run_reporting_errors(BNNCLI, args, list(BNNCLI.subcommands()))

@@ -5,7 +5,7 @@ They are added to ``trainer.callbacks`` / ``trainer.plugins`` before anything is
 ``plugins: [GlobalBatchNormSync]``) keeps them:
 
 - ``fit``: :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (the lr of every parameter
-  group: ``train/lr/decay``, ``train/lr/no_decay``, ``train/lr/centers``), unless the trainer has
+  group: ``train/lr/decay``, ``train/lr/no_decay``), unless the trainer has
   no logger (``logger: false``) or the config already has one.
 - every subcommand: :class:`~bnn_lightning.checkpoint_io.AtomicCheckpointIO`, unless a
   ``CheckpointIO`` plugin (or a strategy with its own ``checkpoint_io``) is configured.

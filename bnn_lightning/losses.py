@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bnn_lightning.center_loss import CenterLoss, hard_labels
 
 __all__ = [
     "LOSS_WEIGHTS",
@@ -35,11 +36,6 @@ __all__ = [
 ]
 
 LOSS_WEIGHTS: tuple[str, ...] = ("kd_weight", "refinery_weight", "feature_weight", "center_weight")
-
-
-def hard_labels(target: Tensor) -> Tensor:
-    """Class indices from int labels ``(N,)`` or soft targets ``(N, C)`` (argmax)."""
-    return target.argmax(dim=1) if target.is_floating_point() else target
 
 
 def label_smoothing_ce(logits: Tensor, target: Tensor, eps: float = 0.1) -> Tensor:
@@ -127,27 +123,6 @@ class FeatureHooks:
         self._handles, self.outputs = [], {}
 
 
-class CenterLoss(nn.Module):
-    """Center loss: ``0.5 * mean_i ||f_i - c_{y_i}||^2`` with learnable class centers.
-
-    Wen et al., "A Discriminative Feature Learning Approach for Deep Face Recognition" (ECCV
-    2016). The centers are a parameter; :class:`~bnn_lightning.module.BNNClassifier` puts them in
-    their own optimizer group with their own learning rate.
-
-    Args:
-        num_classes: Number of classes (rows of ``centers``).
-        num_features: Size of the penultimate feature vector.
-    """
-
-    def __init__(self, num_classes: int, num_features: int) -> None:
-        super().__init__()
-        self.centers = nn.Parameter(torch.randn(num_classes, num_features))
-
-    def forward(self, features: Tensor, target: Tensor) -> Tensor:
-        centers = self.centers[hard_labels(target)]
-        return 0.5 * (features - centers).pow(2).sum(dim=1).mean()
-
-
 class BNNLoss(nn.Module):
     """The weighted sum of the training losses; :meth:`forward` returns the sum and every part.
 
@@ -159,6 +134,7 @@ class BNNLoss(nn.Module):
         refinery_weight: Weight of the label-refinery term (1 = teacher softmax replaces labels).
         feature_weight: Weight of the attention-transfer term (summed over the feature pairs).
         center_weight: Weight ``lambda`` of the center loss; > 0 creates the centers.
+        center_alpha: Rate ``alpha`` of the center update (Wen et al.: 0.5).
         num_classes: Needed when ``center_weight > 0``.
         num_features: Penultimate feature size, needed when ``center_weight > 0``.
     """
@@ -173,6 +149,7 @@ class BNNLoss(nn.Module):
         center_weight: float = 0.0,
         num_classes: int | None = None,
         num_features: int | None = None,
+        center_alpha: float = 0.5,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -183,6 +160,9 @@ class BNNLoss(nn.Module):
         self.kd_temperature = kd_temperature
         self.num_classes = num_classes
         self.num_features = num_features
+        if not 0.0 < center_alpha <= 1.0:
+            raise ValueError(f"center_alpha={center_alpha} must be in (0, 1]; Wen et al. use 0.5.")
+        self.center_alpha = center_alpha
         self.center_loss: CenterLoss | None = None
         self.kd_weight = self.refinery_weight = self.feature_weight = self.center_weight = 0.0
         self.set_weights(
@@ -218,7 +198,7 @@ class BNNLoss(nn.Module):
                 "center_weight > 0 needs num_classes and num_features; use a net with a "
                 "`num_features` attribute and set num_classes."
             )
-        self.center_loss = CenterLoss(self.num_classes, self.num_features)
+        self.center_loss = CenterLoss(self.num_classes, self.num_features, self.center_alpha)
         return self.center_loss
 
     @property

@@ -86,7 +86,8 @@ class BNNClassifier(LightningModule):
         feature_pairs: ``{student_module_name: teacher_module_name}`` for attention transfer.
         feature_weight: Weight of the attention-transfer term.
         center_weight: Weight lambda of the center loss on the penultimate features.
-        center_lr: Learning rate of the class centers (their own optimizer group).
+        center_alpha: Rate alpha of Wen et al.'s center update (0.5), which moves the class
+            centers outside the optimizer (:class:`~bnn_lightning.losses.CenterLoss`).
         teacher: A module, a checkpoint of this project, or ``torchvision:<name>``; loaded
             frozen at the start of ``fit``.
         teacher_weights: State-dict file for a ``torchvision:`` teacher.
@@ -116,7 +117,7 @@ class BNNClassifier(LightningModule):
         feature_pairs: dict[str, str] | None = None,
         feature_weight: float = 0.0,
         center_weight: float = 0.0,
-        center_lr: float = 0.5,
+        center_alpha: float = 0.5,
         teacher: nn.Module | str | None = None,
         teacher_weights: str | None = None,
         init_from: str | None = None,
@@ -133,10 +134,10 @@ class BNNClassifier(LightningModule):
         self.scheduler_interval = scheduler_interval
         check_positive("lr", lr)
         self.lr, self.weight_decay = lr, weight_decay
-        self.no_decay_norm_bias, self.center_lr = no_decay_norm_bias, center_lr
+        self.no_decay_norm_bias = no_decay_norm_bias
         self.criterion = BNNLoss(
             label_smoothing, kd_weight, kd_temperature, refinery_weight, feature_weight,
-            center_weight, self.num_classes, getattr(net, "num_features", None),
+            center_weight, self.num_classes, getattr(net, "num_features", None), center_alpha,
         )  # fmt: skip
         self.feature_pairs = dict(feature_pairs or {})
         self._student_hooks = FeatureHooks(net, list(self.feature_pairs))
@@ -144,7 +145,6 @@ class BNNClassifier(LightningModule):
         self._teacher_hooks: FeatureHooks | None = None
         self._teacher_path = teacher if isinstance(teacher, str) else None
         self._teacher_weights = teacher_weights
-        self._sync_centers = False
         self._schedule_length: int | None = None
         self._resumed_schedule_length: int | None = None
         if init_from_mode is not None and init_from_mode not in MODES:
@@ -210,20 +210,10 @@ class BNNClassifier(LightningModule):
 
     def set_loss_weights(self, **weights: float) -> None:
         """Change loss weights mid-run (creating the centers on the net's device if needed)."""
-        had_centers = self.criterion.center_loss is not None
         self.criterion.set_weights(**weights)
         if self.criterion.needs_teacher and self.teacher is None:
             raise ValueError(f"Loss weights {weights} need a teacher, and none is set.")
         self.criterion.to(self.device)
-        # centers created after DDP wrapped the module are not synchronized by DDP
-        self._sync_centers |= not had_centers and self._trainer is not None
-
-    def on_after_backward(self) -> None:
-        """Average the gradient of class centers created mid-run over the processes."""
-        centers = self.criterion.center_loss
-        if self._sync_centers and centers is not None and centers.centers.grad is not None:
-            grad = self.trainer.strategy.reduce(centers.centers.grad, reduce_op="mean")
-            centers.centers.grad = grad
 
     def setup(self, stage: str) -> None:
         """At the start of ``fit``: load the teacher.
@@ -340,10 +330,7 @@ class BNNClassifier(LightningModule):
     def configure_optimizers(self) -> Any:
         """The injected optimizer over the parameter groups, and the scheduler if any (built for
         what is left of the run: :func:`~bnn_lightning.run_length.build_scheduler`)."""
-        groups = parameter_groups(
-            self.net, self.criterion.center_loss, self.lr, self.weight_decay,
-            self.no_decay_norm_bias, self.center_lr,
-        )  # fmt: skip
+        groups = parameter_groups(self.net, self.lr, self.weight_decay, self.no_decay_norm_bias)
         optimizer = make_optimizer(self.optimizer_factory, groups)
         rank_zero_info(describe_groups(optimizer))
         if self.lr_scheduler_factory is None:

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups: weight decay only where it belongs, class centers on their own lr."""
+"""Optimizer parameter groups: weight decay only where it belongs."""
 
 from __future__ import annotations
 
@@ -29,22 +29,18 @@ def _split_decay(
 
 def parameter_groups(
     net: nn.Module,
-    centers: nn.Module | None = None,
     lr: float | None = None,
     weight_decay: float | None = None,
     no_decay_norm_bias: bool = False,
-    center_lr: float = 0.5,
 ) -> list[dict[str, Any]]:
-    """Named parameter groups ``decay``, ``no_decay`` and ``centers`` (empty ones dropped).
+    """Named parameter groups ``decay`` and ``no_decay`` (empty ones dropped).
 
     Args:
         net: The network.
-        centers: The center-loss module; its parameters get ``center_lr`` and no weight decay.
         lr: If set, the lr of the net's groups (else the optimizer's default).
         weight_decay: If set, the weight decay of the ``decay`` group (else the optimizer's).
         no_decay_norm_bias: Put norm, bias, PReLU and other non-conv/linear parameters in the
             ``no_decay`` group with weight decay 0.
-        center_lr: Learning rate of the class centers.
     """
     decay, no_decay = _split_decay(net, no_decay_norm_bias)
     net_lr = {} if lr is None else {"lr": lr}
@@ -53,9 +49,6 @@ def parameter_groups(
         {"name": "decay", "params": decay, **net_lr, **decay_wd},
         {"name": "no_decay", "params": no_decay, **net_lr, "weight_decay": 0.0},
     ]
-    if centers is not None:
-        params = [p for p in centers.parameters() if p.requires_grad]
-        groups.append({"name": "centers", "params": params, "lr": center_lr, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 
 

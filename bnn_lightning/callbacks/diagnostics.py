@@ -28,6 +28,8 @@ class BNNDiagnostics(Callback):
     Plus the mean over layers of each (``diag/<name>_mean``). Input statistics come from forward
     pre-hooks that exist only during logging steps, so other steps cost nothing; their counts are
     summed over all processes before the ratios are taken, so the values are exact under DDP.
+    Under gradient accumulation a logging step's counts cover all its micro-batches, and the
+    metrics are logged once, after the optimizer step.
 
     Args:
         every_n_steps: Logging period in optimizer steps.
@@ -40,6 +42,7 @@ class BNNDiagnostics(Callback):
         self._signs: dict[str, Tensor] = {}
         self._counts: dict[str, Tensor] = {}
         self._handles: list[RemovableHandle] = []
+        self._step = -1  # the optimizer step being measured
 
     def _count(self, name: str, layer: nn.Module, args: tuple[Tensor, ...]) -> None:
         """Forward pre-hook: add (#x >= 0, #|x| > clip, #x) of the layer's input."""
@@ -53,7 +56,8 @@ class BNNDiagnostics(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_step % self.every_n_steps or self._handles:
-            return
+            return  # not a logging step, or a later micro-batch of one
+        self._step = trainer.global_step
         for name, layer in _layers(pl_module):
             hook = partial(self._count, name)
             self._handles.append(layer.register_forward_pre_hook(hook))
@@ -61,8 +65,8 @@ class BNNDiagnostics(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._handles:
-            return
+        if not self._handles or trainer.global_step == self._step:
+            return  # not measuring, or accumulating gradients: the optimizer has not stepped
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -18,7 +18,7 @@ from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 from bnn_lightning.checkpoints import net_from_checkpoint
 from bnn_lightning.cli import BNNCLI, main
 from bnn_lightning.data import CIFAR10DataModule
-from bnn_lightning.export import load_packed
+from bnn_lightning.export import load_packed, read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -75,10 +75,10 @@ def test_num_classes_is_linked_from_the_datamodule(
     assert cli.model.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
+def test_quickstart_falls_back_to_the_torchvision_download_without_bnn_data_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("BNN_DATA_DIR", raising=False)
     args = ["--config", str(QUICKSTART), *tiny_run_args(tmp_path, logger_dir=False)]
     cli = BNNCLI(args=args, run=False)  # the config as it is, only the network narrower
     assert isinstance(cli.datamodule, CIFAR10DataModule)
@@ -135,8 +135,9 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     best = list(ckpt_dir.glob("best-epoch000*.ckpt"))
     assert len(best) == 1 and (ckpt_dir / "last.ckpt").is_file()
     state = torch.load(best[0], weights_only=True, map_location="cpu")
-    (callback,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
-    assert callback["monitor"] == "val/acc_top1" and state["global_step"] == 2
+    callbacks = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert [c["monitor"] for c in callbacks] == ["val/acc_top1", None]  # best, then last.ckpt's
+    assert state["global_step"] == 2
     (ckpt_dir.parent / "csv").rename(first)
 
     main(["fit", *quick_args(tmp_path), *two_steps(2), "--ckpt_path", "last"])
@@ -161,3 +162,18 @@ def test_summary_and_export_subcommands(tmp_path: Path, capsys: pytest.CaptureFi
     net = net_from_checkpoint(ckpt).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(packed(x), net(x))
+
+
+def test_export_best_is_the_checkpoint_the_run_recorded_as_best(tmp_path: Path) -> None:
+    """With ``save_top_k: -1`` every epoch is kept; the newest file is not the best one."""
+    main(["fit", *quick_args(tmp_path), *two_steps(3), "--checkpoint.save_top_k", "-1"])
+    folder = tmp_path / "run" / "checkpoints"
+    states = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"]
+    (best,) = [Path(s["best_model_path"]) for s in states.values() if s["monitor"]]
+    others = sorted(set(folder.glob("best-*.ckpt")) - {best})
+    assert len(others) == 2
+    for i, other in enumerate(others):  # newer than the best one (as after copying the folder)
+        os.utime(other, (time.time() + 10 + i, time.time() + 10 + i))
+    main(["export", *quick_args(tmp_path), "--ckpt_path", "best"])
+    assert read_manifest(best.with_suffix(".bnn"))["extras"]["checkpoint"] == best.name
+    assert not any(other.with_suffix(".bnn").exists() for other in others)

@@ -7,6 +7,8 @@ The entry points that read a checkpoint: ``fit(ckpt_path=...)`` (``--ckpt_path``
 
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 import zipfile
 from collections.abc import Callable
@@ -104,22 +106,42 @@ class Payload:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
 
 
-@pytest.fixture
-def crafted(good_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A real checkpoint plus an entry whose unpickling would write ``marker``."""
-    marker, path = tmp_path / "marker", tmp_path / "crafted.ckpt"
-    checkpoint = torch.load(good_checkpoint, weights_only=True)
-    torch.save({**checkpoint, "payload": Payload(marker)}, path)
+SYSTEM = f"{os.system.__module__}.{os.system.__name__}"  # posix.system: how a pickle names it
+
+
+class ShellPayload(Payload):
+    """Unpickling this runs ``os.system`` (``posix.system`` in the pickle): writes ``marker``."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"echo pwned > {shlex.quote(str(self.marker))}",))
+
+
+def craft(good: Path, folder: Path, payload: type[Payload] = Payload) -> tuple[Path, Path]:
+    """A real checkpoint plus an entry whose unpickling would write ``folder/marker``."""
+    marker, path = folder / "marker", folder / "crafted.ckpt"
+    checkpoint = torch.load(good, weights_only=True)
+    torch.save({**checkpoint, "payload": payload(marker)}, path)
     return path, marker
 
 
+@pytest.fixture
+def crafted(good_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path]:
+    return craft(good_checkpoint, tmp_path)
+
+
 @pytest.mark.parametrize("reader", list(READERS))
-def test_3_crafted_pickle_is_refused_and_never_runs(
-    reader: str, crafted: tuple[Path, Path], tmp_path: Path
+@pytest.mark.parametrize(("payload", "name"), [(Payload, "exec"), (ShellPayload, SYSTEM)])
+def test_3_crafted_pickle_is_refused_unread_naming_the_object(
+    reader: str, payload: type[Payload], name: str, good_checkpoint: Path, tmp_path: Path
 ) -> None:
-    path, marker = crafted
-    with pytest.raises(CheckpointError, match=r"refers to the Python object exec, which"):
+    path, marker = craft(good_checkpoint, tmp_path, payload)
+    with pytest.raises(CheckpointError) as err:
         READERS[reader](tmp_path)(path)
+    assert str(err.value) == (
+        f"Checkpoint {path} refers to the Python object {name}, which this project's checkpoints "
+        "never hold (only tensors and plain values), so it was refused unread; load only "
+        "checkpoints you trust."
+    )
     assert not marker.exists()
 
 

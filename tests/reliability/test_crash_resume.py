@@ -42,6 +42,19 @@ def test_1_fit_killed_mid_epoch_resumes_from_last_to_identical_weights_and_metri
     assert run_differences(reference_run, tmp_path) == {}
 
 
+def test_1_fit_killed_in_its_first_epoch_resumes_from_the_step_checkpoint_before_validation(
+    image_tree: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    """``last.ckpt`` is written at step 3 (every 3 steps), before ``val/acc_top1`` exists."""
+    killed = bnn(*fit_args(image_tree, tmp_path, kill_at_step=4))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
+    resumed = bnn(*fit_args(image_tree, tmp_path), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(recorded_losses(tmp_path)) == list(range(4, 13))
+    assert run_differences(reference_run, tmp_path) == {}
+
+
 @pytest.mark.slow
 def test_1_resume_from_a_checkpoint_after_an_epochs_last_step_is_exact(
     image_tree: Path, tmp_path: Path

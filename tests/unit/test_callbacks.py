@@ -124,10 +124,11 @@ class Logger:
     """Stands in for a LightningModule: holds the net and records ``log_dict``."""
 
     def __init__(self, net: nn.Module) -> None:
-        self.net, self.logged = net, {}
+        self.net, self.logged, self.calls = net, {}, 0
 
     def log_dict(self, metrics: dict[str, torch.Tensor], **kwargs: Any) -> None:
         self.logged = {k: float(v) for k, v in metrics.items()}
+        self.calls += 1
 
 
 def test_diagnostics_match_hand_counts():
@@ -140,6 +141,7 @@ def test_diagnostics_match_hand_counts():
         trainer = fake_trainer(module, step=global_step)
         diag.on_train_batch_start(trainer, module, None, 0)
         net(batch)
+        trainer.global_step += 1  # the optimizer step
         diag.on_train_batch_end(trainer, module, None, None, 0)
 
     step(0, x)
@@ -155,3 +157,20 @@ def test_diagnostics_match_hand_counts():
     assert module.logged["diag/flip_ratio/0"] == pytest.approx(4 / 16)
     assert module.logged["diag/sign_balance/0"] == pytest.approx(4 / 8)  # -0.0 >= 0
     assert module.logged["diag/flip_ratio_mean"] == pytest.approx(4 / 16)
+
+
+def test_diagnostics_log_once_per_optimizer_step_under_gradient_accumulation():
+    """Two micro-batches, x then -x, make one optimizer step: one log, counts over both."""
+    layer = BinaryConv2d(4, 4, 1, input_quantizer=SteSign(clip=1.5))
+    module, diag = Logger(nn.Sequential(layer)), BNNDiagnostics(every_n_steps=1)
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 1.6, 2.0, -0.1, 3.0]).view(2, 4, 1, 1)
+    trainer = fake_trainer(module, step=0)
+    for i, batch in enumerate((x, -x)):
+        diag.on_train_batch_start(trainer, module, None, i)
+        module.net(batch)
+        trainer.global_step += i  # the optimizer steps after the second micro-batch
+        diag.on_train_batch_end(trainer, module, None, None, i)
+    assert module.calls == 1
+    assert module.logged["diag/sign_balance/0"] == pytest.approx((5 + 4) / 16)
+    assert module.logged["diag/saturation/0"] == pytest.approx((4 + 4) / 16)
+    assert not layer._forward_pre_hooks

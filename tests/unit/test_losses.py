@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -108,13 +110,88 @@ def test_attention_transfer_pools_the_larger_map():
 
 
 def test_center_loss_formula_and_soft_targets(labels):
-    loss = CenterLoss(C, 3)
+    loss = CenterLoss(C, 3).eval()  # eval: measures, does not update
+    loss.centers.normal_()
     features = torch.randn(N, 3)
     expected = 0.5 * sum((features[i] - loss.centers[labels[i]]).pow(2).sum() for i in range(N)) / N
     torch.testing.assert_close(loss(features, labels), expected)
     soft = F.one_hot(labels, C).float() * 0.6 + 0.08
     torch.testing.assert_close(loss(features, soft), expected)
     assert torch.equal(hard_labels(soft), labels)
+
+
+def wen_update(centers: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: float):
+    """Wen et al. (ECCV 2016), Algorithm 1: ``c_j -= alpha * sum_{i: y_i = j} (c_j - x_i) /
+    (1 + n_j)``, written as the paper's sums over the batch."""
+    new = centers.clone()
+    for j in range(len(centers)):
+        members = [i for i in range(len(y)) if y[i] == j]
+        delta = sum((centers[j] - x[i] for i in members), torch.zeros_like(centers[j]))
+        new[j] = centers[j] - alpha * delta / (1 + len(members))
+    return new
+
+
+def test_center_update_follows_wen_et_al():
+    """One step against the formula; classes 2 and 4 are absent and keep their centers."""
+    loss = CenterLoss(C, 3)
+    loss.centers.copy_(torch.randn(C, 3) * 4)
+    loss.initialized.fill_(True)
+    before = loss.centers.clone()
+    x, y = torch.randn(7, 3), torch.tensor([0, 1, 3, 0, 0, 3, 1])
+    value = loss(x, y)  # training mode: the loss, then the update
+    expected = 0.5 * sum((x[i] - before[y[i]]).pow(2).sum() for i in range(7)) / 7
+    torch.testing.assert_close(value, expected)  # measured against the centers before the step
+    torch.testing.assert_close(loss.centers, wen_update(before, x, y, 0.5))
+    assert torch.equal(loss.centers[[2, 4]], before[[2, 4]])
+    assert not list(loss.parameters())  # outside the optimizer
+
+
+def test_centers_start_at_their_class_mean():
+    loss = CenterLoss(C, 3)
+    x, y = torch.randn(6, 3) * 50 + 100, torch.tensor([0, 0, 1, 1, 1, 3])
+    loss.update(x, y)
+    torch.testing.assert_close(loss.centers[0], x[:2].mean(0))
+    torch.testing.assert_close(loss.centers[1], x[2:5].mean(0))
+    assert loss.initialized.tolist() == [True, True, False, True, False]
+    assert torch.equal(loss.centers[[2, 4]], torch.zeros(2, 3))
+    x2 = torch.randn(3, 3)
+    loss.update(x2, torch.tensor([2, 0, 2]))  # class 2 starts at its mean, class 0 moves
+    torch.testing.assert_close(loss.centers[2], x2[[0, 2]].mean(0))
+    torch.testing.assert_close(loss.centers[0], x[:2].mean(0) - 0.5 * (x[:2].mean(0) - x2[1]) / 2)
+
+
+def center_batches() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Start centers (class 4 not yet seen) and a batch of 8 in which class 4 is on rank 1 only."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 0, 4, 2, 1, 0, 3])  # rank 0 takes y[0::2], rank 1 y[1::2]
+    return torch.randn(C, 3, generator=g), torch.randn(8, 3, generator=g), y
+
+
+def center_update_on_rank(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    start, x, y = center_batches()
+    loss = CenterLoss(C, 3)
+    loss.centers.copy_(start)
+    loss.initialized[:4] = True
+    loss.update(x[rank::2], y[rank::2])
+    torch.save(loss.centers, out + str(rank))
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_center_update_sums_over_ranks(tmp_path):
+    """Two gloo processes with half the batch each end with the whole batch's update."""
+    mp.spawn(center_update_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2)
+    start, x, y = center_batches()
+    expected = wen_update(start, x, y, 0.5)
+    expected[4] = x[3]  # first seen: its mean
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(tmp_path / f"r{rank}", weights_only=True), expected)
+
+
+def test_center_alpha_is_checked():
+    with pytest.raises(ValueError, match=r"center_alpha=1.5 must be in \(0, 1\]"):
+        BNNLoss(center_weight=0.1, num_classes=C, num_features=3, center_alpha=1.5)
 
 
 def test_bnn_loss_is_the_weighted_sum_of_its_parts(logits, labels):
