@@ -33,6 +33,9 @@ from torch import Tensor
 __all__ = ["magnitude_aware_sign", "pack_codes", "ste_sign_conv2d", "unpack_codes"]
 
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_PACK = (1 << 24) | (1 << 18) | (1 << 12) | (1 << 6)
+_UNPACK = 1 | (1 << 14) | (1 << 28) | (1 << 42)
+_LANES = 0x0003_0003_0003_0003
 
 
 @functools.cache
@@ -56,39 +59,50 @@ def _flat(t: Tensor) -> Tensor:
     return t.as_strided((t.numel(),), (1,))
 
 
-def _bit(ones: Tensor) -> Tensor:
-    """``1[ones == 1.0]`` as uint8 for a tensor of 0.0 / 1.0, from its bits: 1.0 is the only
-    value whose lowest exponent bit is set (integer shifts vectorise, float compares to
-    integer outputs do not)."""
+def _bit7(ones: Tensor) -> Tensor:
+    """uint8 with bit 7 set where a tensor of 0.0 / 1.0 holds 1.0, else 0: the lowest exponent
+    bit of the float, set in 1.0 only, moved to bit 7 of the low byte (integer shifts and
+    conversions vectorise; comparisons with integer outputs do not)."""
     ints, mantissa, _ = _bits(ones.dtype)
-    exponent = ones.view(ints).bitwise_right_shift(mantissa).to(torch.uint8)
-    return exponent.bitwise_and_(1)
+    exponent = ones.view(ints)
+    if mantissa != 7:  # already there in bf16; a narrowing conversion keeps the low byte
+        exponent = exponent.bitwise_right_shift(mantissa - 7)
+    return exponent.to(torch.uint8)
 
 
 def pack_codes(codes: Tensor) -> Tensor:
     """Four 2-bit codes (uint8 values 0..3, a flat tensor) to a byte, the first in the low bits."""
-    padded = torch.zeros(-(-codes.numel() // 4) * 4, dtype=torch.uint8, device=codes.device)
+    padded = _padded(codes.numel(), codes.device)
     padded[: codes.numel()] = codes
-    word = padded.view(torch.int32)  # bytes c0 c1 c2 c3 -> bits 0, 8, 16, 24
-    word = word.bitwise_or(word.bitwise_right_shift(6))
-    word.bitwise_or_(word.bitwise_right_shift(12))
-    return word.to(torch.uint8)
+    return _pack(padded)
+
+
+def _padded(numel: int, device: torch.device) -> Tensor:
+    """A uint8 buffer for ``numel`` codes, rounded up to whole bytes of packed codes."""
+    padded = torch.empty(-(-numel // 4) * 4, dtype=torch.uint8, device=device)
+    padded[numel:] = 0
+    return padded
+
+
+def _pack(padded: Tensor) -> Tensor:
+    """Codes ``c0..c3`` at bits 0, 8, 16, 24 of each little-endian word, multiplied into
+    ``c0 | c1 << 2 | c2 << 4 | c3 << 6`` at bit 24: the partial products below it are 2-bit
+    fields at distinct places (no carries), those above fall off the 32-bit word."""
+    word = padded.view(torch.int32).mul(_PACK)  # wraps around (two's complement)
+    return word.bitwise_right_shift_(24).to(torch.uint8)  # narrowing keeps the low byte
+
+
+def _lanes(packed: Tensor, numel: int) -> Tensor:
+    """The codes as int16 values 0..3 (the inverse of :func:`pack_codes`): each byte
+    multiplied into four non-overlapping copies 14 bits apart, field ``k`` landing at bit
+    ``16 k`` of a 64-bit word, the rest masked off."""
+    word = packed.to(torch.int64).mul_(_UNPACK).bitwise_and_(_LANES)
+    return word.view(torch.int16)[:numel]
 
 
 def unpack_codes(packed: Tensor, numel: int) -> Tensor:
     """The inverse of :func:`pack_codes`: ``numel`` codes as a flat uint8 tensor."""
-    word = packed.to(torch.int32)
-    word.bitwise_or_(word.bitwise_left_shift(6))
-    word.bitwise_or_(word.bitwise_left_shift(12))
-    return word.bitwise_and_(0x03030303).view(torch.uint8)[:numel]
-
-
-def _signs(positive: Tensor, shift: int, dtype: torch.dtype) -> Tensor:
-    """``+1`` where the integers ``positive`` (of ``dtype``'s size) have bit ``bits - 1 -
-    shift`` set, else ``-1``, as ``dtype``: that bit moved to the sign bit, the bits below it
-    shifted out, XOR the bits of -1.0 (in place)."""
-    _, _, minus_one = _bits(dtype)
-    return positive.bitwise_left_shift_(shift).bitwise_xor_(minus_one).view(dtype)
+    return _lanes(packed, numel).to(torch.uint8)
 
 
 def sign_and_codes(x: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -96,21 +110,28 @@ def sign_and_codes(x: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, 
     ``1[x >= 0] + 2 * 1[|x| <= clip]`` of ``x`` (dense) in its memory order."""
     positive = torch.ge(x, 0, out=torch.empty_like(x, dtype=dtype))
     inside = torch.abs(x, out=torch.empty_like(positive, dtype=x.dtype)).le_(clip)
-    codes = _bit(positive).add_(_bit(inside), alpha=2)
-    ints, mantissa, _ = _bits(dtype)
-    lowest_exponent_bit_to_sign = 8 * positive.element_size() - 1 - mantissa
-    sign = _signs(positive.view(ints), lowest_exponent_bit_to_sign, dtype)
-    return sign, pack_codes(_flat(codes))
+    padded = _padded(x.numel(), x.device)
+    codes = padded[: x.numel()].as_strided(x.shape, positive.stride())  # x's memory order
+    high = _bit7(inside).bitwise_right_shift_(7)
+    torch.add(_bit7(positive).bitwise_right_shift_(7), high, alpha=2, out=codes)
+    ints, mantissa, minus_one = _bits(dtype)
+    to_sign_bit = 8 * positive.element_size() - 1 - mantissa  # the lowest exponent bit
+    sign = positive.view(ints).bitwise_left_shift_(to_sign_bit).bitwise_xor_(minus_one)
+    return sign.view(dtype), _pack(padded)
 
 
 def _from_codes(packed: Tensor, layout: tuple[Any, ...]) -> tuple[Tensor, Tensor]:
-    """``(sign, inside)`` as +-1 and 0/1 tensors of ``layout = (shape, strides, dtype)``."""
+    """``(sign, inside)`` in ``layout = (shape, strides, dtype)``: ``sign`` as +-1 values of
+    ``dtype``, ``inside`` as integers of its size, all ones where ``|x| <= clip`` else 0 (an
+    AND with a gradient's bits keeps it or zeroes it)."""
     shape, stride, dtype = layout
-    codes = unpack_codes(packed, shape.numel())
-    ints = _bits(dtype)[0]
-    sign_size = torch.finfo(dtype).bits // 8
-    sign = _signs(codes.bitwise_and(1).to(ints), 8 * sign_size - 1, dtype)
-    inside = codes.bitwise_right_shift(1).to(dtype)
+    ints, _, minus_one = _bits(dtype)
+    lanes = _lanes(packed, shape.numel())
+    wide = lanes if ints == torch.int16 else lanes.to(ints)
+    sign_bit = 8 * wide.element_size() - 1
+    sign = wide.bitwise_left_shift(sign_bit).bitwise_xor_(minus_one).view(dtype)
+    inside = lanes.bitwise_left_shift(14).bitwise_right_shift_(15)  # bit 1 -> 0 / -1
+    inside = inside if ints == torch.int16 else inside.to(ints)
     return sign.as_strided(shape, stride), inside.as_strided(shape, stride)
 
 
@@ -133,6 +154,7 @@ class _SteSignConv2dFn(torch.autograd.Function):
         dilation: tuple[int, ...],
         groups: int,
         clip: float,
+        weight_scale: Tensor | None,
     ) -> Tensor:
         dtype = compute_dtype(x)
         x = _dense(x.detach())
@@ -141,7 +163,12 @@ class _SteSignConv2dFn(torch.autograd.Function):
         b = None if bias is None else bias.detach().to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             out = F.conv2d(sign, w, b, stride, padding, dilation, groups)
-        ctx.save_for_backward(packed, w)
+        if weight_scale is None:
+            ctx.save_for_backward(packed, w, None)
+        else:  # w = +-weight_scale: keep its signs, a byte each
+            ints = _bits(dtype)[0]
+            negative = w.view(ints).bitwise_right_shift(8 * w.element_size() - 1).to(torch.int8)
+            ctx.save_for_backward(packed, negative, weight_scale.detach().to(dtype))
         ctx.conv = (list(stride), list(padding), list(dilation), groups)
         ctx.layout = (sign.shape, sign.stride(), dtype)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -149,9 +176,12 @@ class _SteSignConv2dFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        packed, w = ctx.saved_tensors
+        packed, w, weight_scale = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         x_dtype, w_dtype, b_dtype = ctx.dtypes
+        dtype = ctx.layout[2]
+        if weight_scale is not None:  # the weight from its signs, bit for bit
+            w = torch.copysign(weight_scale, w.to(dtype))
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         sign, inside = _from_codes(packed, ctx.layout)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
@@ -167,13 +197,14 @@ class _SteSignConv2dFn(torch.autograd.Function):
             groups,
             [need_x, need_w, need_b and b_dtype is not None],
         )
-        if grad_x is not None:
-            grad_x = grad_x.mul_(inside).to(x_dtype)
+        if grad_x is not None:  # grad * 1[|x| <= clip]
+            grad_x.view(inside.dtype).bitwise_and_(inside)
+            grad_x = grad_x.to(x_dtype)
         if grad_w is not None:
             grad_w = grad_w.to(w_dtype)
         if grad_b is not None:
             grad_b = grad_b.to(b_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 def ste_sign_conv2d(
@@ -185,9 +216,17 @@ def ste_sign_conv2d(
     dilation: tuple[int, ...],
     groups: int,
     clip: float,
+    weight_scale: Tensor | None = None,
 ) -> Tensor:
-    """``F.conv2d(SteSign(clip)(x), weight, bias, ...)``, fused; see the module docstring."""
-    return _SteSignConv2dFn.apply(x, weight, bias, stride, padding, dilation, groups, clip)
+    """``F.conv2d(SteSign(clip)(x), weight, bias, ...)``, fused; see the module docstring.
+
+    ``weight_scale``: where every output channel ``c`` of ``weight`` is ``+-weight_scale[c]``
+    (:func:`magnitude_aware_sign`'s output), backward keeps one byte a weight instead of the
+    weight.
+    """
+    return _SteSignConv2dFn.apply(
+        x, weight, bias, stride, padding, dilation, groups, clip, weight_scale
+    )
 
 
 def _next_up(value: float, dtype: torch.dtype) -> float:
@@ -198,16 +237,18 @@ def _next_up(value: float, dtype: torch.dtype) -> float:
 
 class _MagnitudeAwareSignFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, w: Tensor, clip: float, dtype: torch.dtype) -> Tensor:
+    def forward(ctx: Any, w: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         dims = tuple(range(1, w.dim()))
         scale = w.abs().mean(dim=dims, keepdim=True) if dims else w.abs()
         signs = w.add(0.0).to(dtype)  # -0.0 + 0.0 = +0.0: sign(-0.0) = +1
         ctx.save_for_backward(w, scale)
         ctx.clip = clip
-        return torch.copysign(scale.to(dtype), signs, out=signs)
+        scale_dtype = scale.to(dtype)
+        ctx.mark_non_differentiable(scale_dtype)
+        return torch.copysign(scale_dtype, signs, out=signs), scale_dtype
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None]:
         w, scale = ctx.saved_tensors
         grad_w = grad.to(w.dtype, copy=True).mul_(scale)
         edge = _next_up(ctx.clip, w.dtype)  # 0 where w <= -edge or w >= edge: |w| > clip
@@ -215,6 +256,7 @@ class _MagnitudeAwareSignFn(torch.autograd.Function):
         return hardtanh_backward(grad_w, w, -edge, edge, grad_input=grad_w), None, None
 
 
-def magnitude_aware_sign(w: Tensor, clip: float, dtype: torch.dtype) -> Tensor:
-    """``MagnitudeAwareSign(clip)(w).to(dtype)``, fused; see the module docstring."""
+def magnitude_aware_sign(w: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``MagnitudeAwareSign(clip)(w).to(dtype)``, fused (see the module docstring), and its
+    per-output-channel scale ``mean|w|`` in ``dtype`` (no gradient)."""
     return _MagnitudeAwareSignFn.apply(w, clip, dtype)

@@ -151,7 +151,7 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         self.pad_value = float(pad_value)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self._weight()
+        weight, scale = self._weight()
         quantizer = self.input_quantizer
         if isinstance(quantizer, RSign):  # ReActNet: the threshold first, then its sign
             x, quantizer = quantizer.shift(x), quantizer.quantizer
@@ -159,15 +159,16 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
             x, padding = self._pad(x)  # the pad value is +-1 or 0, so sign() keeps it binary
             return ste_sign_conv2d(
                 x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
-                cast(SteSign, quantizer).clip,
+                cast(SteSign, quantizer).clip, scale,
             )  # fmt: skip
         x, padding = self._pad(x if quantizer is None else quantizer(x))
         x, saving = _compact_input(x, quantizer)
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
-    def _weight(self) -> Tensor:
-        """The quantized weight; ``MagnitudeAwareSign``'s fused, already in the conv's dtype."""
+    def _weight(self) -> tuple[Tensor, Tensor | None]:
+        """The quantized weight and, for ``MagnitudeAwareSign`` (fused, already in the conv's
+        dtype), its per-channel scale."""
         quantizer = self.weight_quantizer
         if (
             type(quantizer) is MagnitudeAwareSign
@@ -176,7 +177,7 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         ):
             dtype = compute_dtype(self.weight)
             return magnitude_aware_sign(self.weight, quantizer.clip, dtype)
-        return self.quantized_weight()
+        return self.quantized_weight(), None
 
     def _fused(self, quantizer: nn.Module | None, x: Tensor) -> bool:
         """Whether the fused sign+conv kernel applies (clipped STE, binary padding, eager,

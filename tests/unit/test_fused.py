@@ -141,11 +141,11 @@ def test_fused_weight_sign_equals_magnitude_aware_sign(dtype: torch.dtype, clip:
     _assert_equal(_run(fused, x, False), _run(generic, x, False))
 
 
-def _saved(layer: nn.Module, x: Tensor) -> list[tuple[torch.dtype, int]]:
+def _saved(layer: nn.Module, x: Tensor) -> list[tuple[torch.dtype, int, int]]:
     saved = []
 
     def pack(t: Tensor) -> Tensor:
-        saved.append((t.dtype, t.numel()))
+        saved.append((t.dtype, t.numel(), t.data_ptr()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -153,12 +153,17 @@ def _saved(layer: nn.Module, x: Tensor) -> list[tuple[torch.dtype, int]]:
     return saved
 
 
-def test_fused_conv_keeps_two_bits_an_input_element() -> None:
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_conv_keeps_two_bits_an_input_and_a_byte_a_weight(autocast: bool) -> None:
     conv = L.BinaryConv2d(8, 8, 3, padding=1)
     x = torch.randn(2, 8, 10, 10, requires_grad=True)
-    saved = _saved(conv, x)
-    assert (torch.uint8, x.numel() // 4) in saved
-    assert all(numel < x.numel() for _, numel in saved)  # no float copy of the input
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        saved = _saved(conv, x)
+    assert (torch.uint8, x.numel() // 4) in [s[:2] for s in saved]
+    assert (torch.int8, conv.weight.numel()) in [s[:2] for s in saved]
+    # Nothing else input- or weight-sized, but the latent weight itself (no copy).
+    others = [s for s in saved if s[0] not in (torch.uint8, torch.int8)]
+    assert all(n < conv.weight.numel() or ptr == conv.weight.data_ptr() for _, n, ptr in others)
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -176,3 +181,16 @@ def test_binary_resnet_equals_the_generic_path(autocast: bool) -> None:
         F.cross_entropy(out.float(), torch.arange(4)).backward()
         results.append([out] + [p.grad for p in net.parameters()])
     _assert_equal(*results)
+
+
+def test_binary_sign_under_compile_equals_eager() -> None:
+    """The compiled formulation (``torch.where``) gives the same values, ``sign(-0.0) = +1``."""
+    from bnn_lightning.quantizers import binary_sign
+
+    x = torch.tensor([-2.0, -1e-40, -0.0, 0.0, 1e-40, 3.0, float("nan"), float("-inf")])
+    for dtype in (torch.float32, torch.bfloat16):
+        eager = binary_sign(x.to(dtype))
+        compiled = torch.compile(binary_sign, fullgraph=True, dynamic=False)(x.to(dtype))
+        assert compiled.dtype == eager.dtype == dtype
+        assert torch.equal(compiled, eager)
+        assert eager.tolist() == [-1, -1, 1, 1, 1, 1, -1, -1]
