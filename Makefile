@@ -57,7 +57,7 @@ gpu-check: $(if $(OFFLINE),,install) ## One GPU, under 8 min: CUDA tests, speeds
 
 gpu-bundle: install ## Fill .gpu/ (CIFAR-10 archive, wheels) for `make gpu-check OFFLINE=1` on a GPU machine.
 	mkdir -p .gpu/data .gpu/wheels
-	cp $(BNN_DATA_DIR)/cifar10-jpeg-train.tar.gz .gpu/data/
+	install -m 644 $(BNN_DATA_DIR)/cifar10-jpeg-train.tar.gz .gpu/data/
 	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .gpu/wheels $$($(PY) -c \
 	  'import importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in "$(GPU_WHEELS)".split()))')
 

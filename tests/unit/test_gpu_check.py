@@ -76,6 +76,20 @@ def test_parse_junit_counts_passes_failures_and_skip_reasons(tmp_path: Path) -> 
     assert parsed["skip_reasons"] == ["needs a CUDA device"]
 
 
+def test_pytest_output_of_a_stopped_run_is_counted() -> None:
+    text = (
+        "tests/gpu/test_device_ddp.py::test_x[cuda] PASSED   [ 20%]\n"
+        "tests/gpu/test_device_fused.py::test_y[cuda-1-1-1.0-False] FAILED   [ 40%]\n"
+        "tests/gpu/test_device_fused.py::test_y[cuda-2-2-0.0-True] SKIPPED (no) [ 60%]\n"
+        "tests/gpu/test_device_compile.py::test_z[cuda] "  # killed while running
+    )
+    parsed = gpu_report.parse_pytest_output(text)
+    assert (parsed["tests"], parsed["passed"], parsed["skipped"]) == (3, 1, 1)
+    assert parsed["failed"] == [
+        "tests/gpu/test_device_fused.py::test_y[cuda-1-1-1.0-False]: failed"
+    ]
+
+
 def test_epochs_fill_the_training_time_at_the_measured_speeds() -> None:
     # an epoch: 45,000 images through data (50k/s) then the step (10k/s) = 5.4 s, plus 5,000
     # validation images at 3 x 10k/s = 0.167 s; 90% of 300 s holds 48 of them

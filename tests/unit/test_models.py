@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -15,23 +16,27 @@ from bnn_lightning.models import (
     BasicBlock,
     BinaryResNet,
     BlockOptions,
+    Bottleneck,
     create_model,
     list_models,
 )
 from bnn_lightning.quantizers import MagnitudeAwareSign, binary_sign
 
 # One option changed at a time from the defaults; together they cover every value a config can
-# set (quantizers: any registered name or class_path mapping goes through get_quantizer).
+# set (quantizers: any registered name or class_path mapping goes through get_quantizer). Each one
+# off its default must change the module tree or the training step (see _check_option_acts).
 OPTIONS: list[dict[str, Any]] = [
     *({"downsample": v} for v in ("v1", "v2", "v3")),
     *({"attention": a} for a in ("none", "se", "eca", "cbam")),
     *({"mode": m} for m in MODES),
     {"groups": 2},
     {"groups": 4, "attention": "se"},
-    {"binary_stem": True, "binary_head": True},
+    {"binary_stem": True},
+    {"binary_head": True},
     {"pad_value": -1.0},
     {"bn_momentum": 0.1},
-    {"activation_quantizer": "approx_sign", "weight_quantizer": "ste_sign"},
+    {"activation_quantizer": "approx_sign"},
+    {"weight_quantizer": "ste_sign"},
     {"activation_quantizer": {"class_path": "bnn_lightning.quantizers.SwishSign"}},
 ]
 IMAGENET_OPTIONS = [{"stem_order": "conv-bn-relu-pool"}, {"stem_order": "conv-pool-bn-relu"}]
@@ -52,23 +57,59 @@ def _check_trains(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def _behaviour(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Train-mode logits, every parameter's gradient, and the buffers after that step."""
+    model.train()
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return [out.detach(), *(p.grad for p in model.parameters()), *model.buffers()]
+
+
+def _check_option_acts(name: str, options: dict[str, Any]) -> None:
+    """An option off its default changes the module tree or, from the same weights, the step."""
+    reference = create_model(name, width=8, num_classes=3)
+    model = create_model(name, width=8, num_classes=3, **options)
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
+    same = shapes(model) == shapes(reference)  # the same tree of parameters and buffers
+    if same:
+        model.load_state_dict(reference.state_dict())
+        x = _input(name)
+        ours, theirs = _behaviour(model, x), _behaviour(reference, x)
+        same = len(ours) == len(theirs) and all(
+            a.shape == b.shape and torch.allclose(a, b) for a, b in zip(ours, theirs, strict=True)
+        )
+    defaults = {k: inspect.signature(BinaryResNet).parameters[k].default for k in options}
+    assert same == (options == defaults), f"{options} vs the defaults {defaults}"
+
+
+# Binary convs of each architecture (Bi-Real style: one shortcut per binary 3x3 conv).
+BINARY_CONVS = {"resnet10": 8, "resnet18": 16, "resnet34": 32, "resnet50": 48}
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_registered_model_trains(name: str) -> None:
     model = create_model(name, width=8, num_classes=5)
     _check_trains(model, _input(name), 5)
     assert model.forward_features(_input(name)).shape == (2, model.num_features)
+    arch, _, stem = name.partition("_")
+    assert sum(isinstance(m, BinaryConv2d) for m in model.modules()) == BINARY_CONVS[arch]
+    kernel, stride = ((3, 3), (1, 1)) if stem == "cifar" else ((7, 7), (2, 2))
+    assert (model.stem.conv.kernel_size, model.stem.conv.stride) == (kernel, stride)
+    assert (model.stem.conv.out_channels, model.fc.out_features) == (8, 5)
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=json.dumps)
 @pytest.mark.parametrize("name", ["resnet18_cifar", "resnet50_cifar"])
 def test_option_trains(name: str, options: dict[str, Any]) -> None:
     _check_trains(create_model(name, width=8, num_classes=3, **options), _input(name), 3)
+    _check_option_acts(name, options)
 
 
 @pytest.mark.parametrize("options", IMAGENET_OPTIONS, ids=json.dumps)
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_imagenet_stem_option_trains(name: str, options: dict[str, Any]) -> None:
     _check_trains(create_model(name, width=8, num_classes=3, **options), _input(name), 3)
+    _check_option_acts(name, options)
 
 
 def test_block_counts_and_widths() -> None:
@@ -134,6 +175,59 @@ def test_basic_block_computes_the_seed_formula(
     if block.gate is not None:
         out = out * block.gate(x)
     shortcut = x if block.downsample is None else block.downsample(x)
+    torch.testing.assert_close(block(x), F.prelu(out + shortcut, block.prelu.weight))
+
+
+def _bn(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode BatchNorm from its definition."""
+    shape = (1, -1, 1, 1)
+    scale = m.weight.view(shape) / (m.running_var.view(shape) + m.eps).sqrt()
+    return (x - m.running_mean.view(shape)) * scale + m.bias.view(shape)
+
+
+def _binary_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(sign(x), mean|w| sign(w))`` with the conv's stride, padding and groups."""
+    w = MagnitudeAwareSign.scale(conv.weight) * binary_sign(conv.weight)
+    return F.conv2d(binary_sign(x), w, None, conv.stride, conv.padding, 1, conv.groups)
+
+
+@pytest.mark.parametrize(
+    ("inplanes", "planes", "stride", "has_branch", "options"),
+    [
+        (16, 4, 1, True, {}),
+        (16, 4, 1, False, {}),
+        (8, 4, 2, True, {}),
+        (8, 4, 2, True, {"downsample": "v2", "groups": 2, "attention": "se"}),
+    ],
+)
+def test_bottleneck_computes_the_holmesshuan_formula(
+    inplanes: int, planes: int, stride: int, has_branch: bool, options: dict[str, Any]
+) -> None:
+    block = Bottleneck(inplanes, planes, stride, has_branch, BlockOptions(**options)).eval()
+    for m in block.modules():  # BatchNorms and PReLU away from the identity
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.running_mean, 0, 0.3), nn.init.uniform_(m.running_var, 0.5, 2)
+            nn.init.uniform_(m.weight, 0.5, 1.5), nn.init.normal_(m.bias, 0, 0.3)
+        if isinstance(m, nn.PReLU):
+            nn.init.uniform_(m.weight, 0.1, 0.5)
+    x = torch.randn(2, inplanes, 6, 6)
+    add = _binary_conv(block.conv1, _bn(block.bn1, x))
+    out = _binary_conv(block.conv2, _bn(block.bn2, add))
+    assert block.conv2.groups == options.get("groups", 1)
+    if block.gate is not None:
+        out = out * block.gate(add)
+    out = _bn(block.bn4, _binary_conv(block.conv3, _bn(block.bn3, out + add)))
+    if not has_branch:
+        torch.testing.assert_close(block(x), out + x)
+        return
+    conv, bn = (m for m in block.branch if not isinstance(m, nn.AvgPool2d))
+    if stride == 1:  # Conv1x1 -> BN(eps 1e-4) -> AvgPool(3, 1, 1)
+        shortcut = F.avg_pool2d(_bn(bn, F.conv2d(x, conv.weight)), 3, 1, 1)
+    elif options.get("downsample") == "v2":  # AvgPool(2, 2) -> Conv1x1 -> BN
+        shortcut = _bn(bn, F.conv2d(F.avg_pool2d(x, 2, 2), conv.weight))
+    else:  # v1: Conv1x1 -> BN -> AvgPool(2, 2)
+        shortcut = F.avg_pool2d(_bn(bn, F.conv2d(x, conv.weight)), 2, 2)
+    assert conv.out_channels == 4 * planes and bn.eps == 1e-4
     torch.testing.assert_close(block(x), F.prelu(out + shortcut, block.prelu.weight))
 
 
@@ -211,7 +305,7 @@ def test_init_args_rebuild_the_same_model(name: str, options: dict[str, Any]) ->
     ("kwargs", "message"),
     [
         ({"arch": "resnet101"}, r"arch 'resnet101'.*resnet18, resnet34, resnet50"),
-        ({"attention": "bam"}, r"attention 'bam'.*none, se, eca, cbam"),
+        ({"attention": "bam"}, r"attention 'bam'.*cbam, eca, none, se"),
         ({"downsample": "v4"}, r"downsample 'v4'.*v1, v2, v3"),
         ({"stem": "tiny"}, r"stem 'tiny'.*cifar, imagenet"),
         ({"stem_order": "bn-conv"}, r"conv-bn-relu-pool, conv-pool-bn-relu"),
