@@ -75,10 +75,10 @@ def test_num_classes_is_linked_from_the_datamodule(
     assert cli.model.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
+def test_quickstart_falls_back_to_the_torchvision_download_without_bnn_data_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("BNN_DATA_DIR", raising=False)
     args = ["--config", str(QUICKSTART), *tiny_run_args(tmp_path, logger_dir=False)]
     cli = BNNCLI(args=args, run=False)  # the config as it is, only the network narrower
     assert isinstance(cli.datamodule, CIFAR10DataModule)
