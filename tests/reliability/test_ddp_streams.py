@@ -31,6 +31,7 @@ def same_picture_tree(root: Path, classes: int = 10, per_class: int = 4) -> Path
 
 
 @pytest.mark.ddp
+@pytest.mark.slow
 def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
     """The quickstart config (in-memory data, random crop with padding and flip) with the
     ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
