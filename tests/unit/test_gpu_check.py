@@ -144,6 +144,7 @@ def test_parts_at_toy_size_make_a_complete_report(tmp_path: Path) -> None:
     }
     assert results["data"]["batches"] == gpu_parts.DRY.data_batches
     assert (results["data"]["train_images"], results["data"]["val_images"]) == (100, 20)
+    assert results["data"]["uint8_images_on"] == "cpu"  # the device-side path, on this device
     run = results["run"]
     assert run["epochs_done"] == 1 and run["steps"] == 100 // 16 and not run["stopped_early"]
     assert 0 <= run["final"]["val/acc_top1"] <= 1 and len(run["epochs"]) == 1
