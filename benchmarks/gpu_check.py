@@ -16,12 +16,12 @@ Writes ``benchmarks/results/gpu-<date>.{md,json}`` (and the parts' output to
    top-1 after each epoch and the wall time.
 
 Every part runs in its own process with a time box, and all of them within ``--budget`` seconds
-(470 by default): a part that overruns is stopped and reported with what it had measured, and the
+(472 by default): a part that overruns is stopped and reported with what it had measured, and the
 real run gets the time that is left, at most 5 minutes of training. The CIFAR-10 archive
 ``cifar10-jpeg-train.tar.gz`` is looked for in ``$BNN_DATA_DIR``, ``.gpu/data`` and ``data``;
 it is extracted and decoded in the background while the GPU parts run. On a machine without the
 package index, the packages that its Python lacks are installed from ``.gpu/wheels`` into
-``.gpu/site`` first (``make gpu-bundle`` fills ``.gpu``; README, "GPU").
+``.gpu/site`` first (``--bundle``, i.e. ``make gpu-bundle``, fills ``.gpu``; README, "GPU").
 
 ``python benchmarks/gpu_check.py --dry-run`` runs every part at toy size on the CPU (a tiny
 network, a generated image tree, compiled with ``aot_eager``) and writes its report to ``--out``.
@@ -45,27 +45,33 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ARCHIVE = "cifar10-jpeg-train.tar.gz"
 TRAIN_SECONDS = 300.0  # the real run's training time when the budget allows
-RUN_OVERHEAD_S = 30.0  # start-up, data loading and the last validation of the real run
-BOXES = {"tests": 100.0, "throughput": 130.0, "data": 40.0}  # seconds, full size
+RUN_OVERHEAD_S = 20.0  # start-up, data loading and the last validation of the real run
+BOXES = {"tests": 120.0, "throughput": 120.0, "data": 30.0}  # seconds, full size
 DRY_BOXES = {"tests": 240.0, "throughput": 240.0, "data": 120.0}
 
 
-def ensure_packages(root: Path = ROOT) -> list[str]:
-    """Make ``bnn_lightning`` and its CLI's packages importable here and in the parts.
+BUNDLE = ("jsonargparse", "docstring_parser", "typeshed_client", "torchdata")
+"""What the project needs and the GPU machine's Python lacks (it has torch, Lightning,
+torchvision, torchmetrics, safetensors, Pillow, PyYAML, pytest); wandb is only imported in use."""
 
-    The repository goes on the path (no install needed). Where ``jsonargparse`` and friends are
-    missing (a GPU machine without the package index), the wheels in ``.gpu/wheels`` are
-    installed into ``.gpu/site`` with pip, offline. Returns the paths added.
-    """
+
+def _missing(names: tuple[str, ...]) -> list[str]:
     import importlib.util
 
+    importlib.invalidate_caches()
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def ensure_packages(root: Path = ROOT) -> list[str]:
+    """Make ``bnn_lightning`` and the packages it needs importable here and in the parts.
+
+    The repository goes on the path (no install needed). Where packages of :data:`BUNDLE` are
+    missing (the GPU machine, which has no package index), the wheels in ``.gpu/wheels`` are
+    installed into ``.gpu/site`` with pip, offline. Returns the paths added.
+    """
     paths = [str(root)]
-    missing = [
-        m for m in ("jsonargparse", "docstring_parser", "typeshed_client")
-        if importlib.util.find_spec(m) is None
-    ]  # fmt: skip
     wheels = sorted((root / ".gpu" / "wheels").glob("*.whl"))
-    if missing and wheels:
+    if _missing(BUNDLE) and wheels:
         site = root / ".gpu" / "site"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
@@ -73,18 +79,46 @@ def ensure_packages(root: Path = ROOT) -> list[str]:
             check=True,
         )  # fmt: skip
         paths.append(str(site))
-    elif missing:
-        raise SystemExit(
-            f"gpu_check needs {', '.join(missing)}: install the package (`make install`), or "
-            "put their wheels in .gpu/wheels (`make gpu-bundle`) on a machine without an index."
-        )
     for path in reversed(paths):
         if path not in sys.path:
             sys.path.insert(0, path)
+    missing = _missing(BUNDLE)
+    if missing:
+        raise SystemExit(
+            f"gpu_check needs {', '.join(missing)}: install the project (`make install`), or "
+            "put their wheels in .gpu/wheels (`make gpu-bundle`) on a machine without an index."
+        )
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
-    importlib.invalidate_caches()
     return paths
+
+
+def bundle(root: Path = ROOT) -> list[Path]:
+    """Fill ``.gpu/`` for a GPU machine without a package index (``make gpu-bundle``).
+
+    Copies the CIFAR-10 archive from ``$BNN_DATA_DIR`` into ``.gpu/data`` and downloads the wheels
+    of :data:`BUNDLE`, at the versions installed here, into ``.gpu/wheels`` (emptied first: two
+    versions of one package would stop the install there).
+    """
+    import importlib.metadata
+    import shutil
+
+    source = Path(os.environ.get("BNN_DATA_DIR", "")) / ARCHIVE
+    if not source.is_file():
+        raise SystemExit(
+            f"{source} not found; set BNN_DATA_DIR to the folder that holds {ARCHIVE}."
+        )
+    data, wheels = root / ".gpu" / "data", root / ".gpu" / "wheels"
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, data / ARCHIVE)
+    shutil.rmtree(wheels, ignore_errors=True)
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in BUNDLE]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         "-d", str(wheels), *pins],
+        check=True,
+    )  # fmt: skip
+    return [data / ARCHIVE, *sorted(wheels.glob("*.whl"))]
 
 
 def find_archive(root: Path = ROOT) -> Path | None:
@@ -140,14 +174,15 @@ class Runner:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def start(self, command: list[str]) -> subprocess.Popen:
+    def start(self, command: list[str], output: Path | None = None) -> subprocess.Popen:
+        """Start ``command`` in its own process group, its output to ``output`` or the log."""
         with self.log.open("a") as log:
             log.write(f"\n$ {' '.join(command)}\n")
-        stream = self.log.open("a")
-        return subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=stream, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        with (output or self.log).open("a") as stream:
+            return subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=stream, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     def wait(self, proc: subprocess.Popen, box: float) -> tuple[int | None, float]:
         """Exit code (None when stopped at ``box`` seconds) and seconds taken."""
@@ -176,17 +211,20 @@ class Runner:
         return {**result, "status": status, "seconds": seconds, "box_s": box}
 
     def tests(self, box: float) -> dict[str, Any]:
-        """``pytest -m gpu tests/gpu`` with a JUnit XML report, parsed."""
-        from gpu_report import parse_junit
+        """``pytest -m gpu tests/gpu``: the JUnit XML report, or its output if it was stopped."""
+        from gpu_report import parse_junit, parse_pytest_output
 
         box = min(box, self.left())
         with tempfile.TemporaryDirectory() as tmp:
-            xml = Path(tmp) / "junit.xml"
-            command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q"]
+            xml, output = Path(tmp) / "junit.xml", Path(tmp) / "pytest.out"
+            command = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-v", "-rfE"]
             command += ["-p", "no:cacheprovider", f"--junitxml={xml}"]
             print(f"[gpu-check] tests (at most {box:.0f} s) ...", flush=True)
-            code, seconds = self.wait(self.start(command), box)
-            result = parse_junit(xml) if xml.is_file() else {}
+            code, seconds = self.wait(self.start(command, output), box)
+            text = output.read_text(errors="replace") if output.is_file() else ""
+            with self.log.open("a") as log:
+                log.write(text)
+            result = parse_junit(xml) if xml.is_file() else parse_pytest_output(text)
         status = {None: "stopped at its time box", 0: "ok", 5: "no tests ran"}.get(code, "failed")
         print(f"[gpu-check] tests: {status} in {seconds:.0f} s", flush=True)
         return {**result, "status": status, "exit_code": code, "seconds": seconds, "box_s": box}
@@ -299,11 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="every part at toy size on CPU")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="report folder")
-    parser.add_argument("--budget", type=float, default=470.0, help="seconds for all parts")
+    parser.add_argument("--budget", type=float, default=472.0, help="seconds for all parts")
+    parser.add_argument("--bundle", action="store_true", help="fill .gpu/ (make gpu-bundle)")
     parser.add_argument("--part", choices=["prepare", "throughput", "data", "run"])
     parser.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--part-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bundle:
+        for path in bundle():
+            print(f"[gpu-check] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
     ensure_packages()
     sys.path.insert(0, str(HERE))
     return run_part(args) if args.part else run_check(args)

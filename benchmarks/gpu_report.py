@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,18 @@ def parse_junit(path: Path) -> dict[str, Any]:
             skips.add(node.get("message") or "")
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return {**counts, "passed": passed, "failed": failures, "skip_reasons": sorted(skips)}
+
+
+def parse_pytest_output(text: str) -> dict[str, Any]:
+    """What ``pytest -v`` printed before it was stopped: counts and the failed tests."""
+    found = re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", text, flags=re.MULTILINE)
+    status = [s for _, s in found]
+    failed = [f"{name}: {s.lower()}" for name, s in found if s in ("FAILED", "ERROR")]
+    return {
+        "tests": len(found), "passed": status.count("PASSED"), "skipped": status.count("SKIPPED"),
+        "failures": status.count("FAILED"), "errors": status.count("ERROR"), "failed": failed,
+        "skip_reasons": [], "incomplete": True,
+    }  # fmt: skip
 
 
 def _get(results: dict[str, Any], *keys: str) -> Any:
@@ -200,7 +213,9 @@ def markdown(results: dict[str, Any]) -> str:
         batch = data["batch"]
         lines += [f"{data['images_per_s']:.0f} images/s over {data['batches']} batches; each "
                   f"reached the training step as {batch['dtype']} {batch['shape']} on "
-                  f"{batch['device']}.", ""]  # fmt: skip
+                  f"{batch['device']}"
+                  + (f"; the uint8 images were on {data['uint8_images_on']}."
+                     if data.get("uint8_images_on") else "."), ""]  # fmt: skip
     else:
         lines += [str(data.get("status")), ""]
     lines += ["## Real run: configs/cifar10/gpu.yaml", ""]

@@ -11,6 +11,8 @@
 What it adds to plain LightningCLI:
 
 - ``data.num_classes`` is linked to ``model.num_classes`` and to the network's ``num_classes``.
+- ``data_fallback`` replaces ``data`` when data's root names an unset environment variable (the
+  quickstart without ``$BNN_DATA_DIR``); a given root that does not exist is an ``error:`` line.
 - A ``ModelCheckpoint`` is always on (``checkpoint.*``): the best ``val/acc_top1`` and ``last.ckpt``
   in ``<trainer.default_root_dir>/checkpoints``, so ``--ckpt_path last`` resumes a run.
   ``last.ckpt`` has a callback of its own that monitors nothing, so
@@ -32,9 +34,8 @@ What it adds to plain LightningCLI:
 from __future__ import annotations
 
 import os
-import sys
+import re
 import time
-from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,10 +44,11 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
-from bnn_lightning.cli_errors import VERBOSE_FLAG, one_line_error
+from bnn_lightning.cli_errors import run_reporting_errors
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
@@ -79,7 +81,6 @@ examples:
 
 Configs compose (later files and flags win); outputs go to trainer.default_root_dir.
 A mistake ends in one `error:` line; add --verbose for the full report and traceback."""
-_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "export")
 _SUMMARY_KEYS = ("params", "bops", "flops", "ops", "size_fp32_bytes", "size_packed_bytes")
 
 
@@ -183,10 +184,35 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config, **model_summary})
 
 
-def _data_root_exists(data: Namespace | None) -> bool:
-    """False when the DataModule config names a ``root`` that does not exist ($VARS expanded)."""
+def _pick_data(config: Namespace) -> str | None:
+    """Put ``data_fallback`` in place of ``data`` when no data root was given; else check it.
+
+    A root that names an unset environment variable (the quickstart's ``$BNN_DATA_DIR``) was not
+    given: the fallback is used if there is one. A given root that does not exist (and is not
+    to be downloaded) is an error. Returns the error's one line, or None.
+    """
+    fallback, config.data_fallback = config.get("data_fallback"), None
+    data = config.get("data")
     root = data.init_args.get("root") if isinstance(data, Namespace) else None
-    return root is None or Path(os.path.expandvars(root)).expanduser().exists()
+    if not isinstance(root, str):
+        return None
+    unset = re.findall(r"\$\{?(\w+)", os.path.expandvars(root))
+    if unset and fallback is not None:
+        rank_zero_info(f"${unset[0]} is not set: using data_fallback ({fallback.class_path}).")
+        config.data = fallback
+        return None
+    if unset:
+        return (
+            f"data.init_args.root {root} uses ${unset[0]}, which is not set; set it to the folder "
+            "holding the data, or pass --data.init_args.root."
+        )
+    missing = not Path(os.path.expandvars(root)).expanduser().exists()
+    if missing and not data.init_args.get("download"):
+        return (
+            f"data.init_args.root {root} does not exist; point it at the dataset's folder or "
+            "archive (--data.init_args.root)."
+        )
+    return None
 
 
 class BNNCLI(LightningCLI):
@@ -251,7 +277,7 @@ class BNNCLI(LightningCLI):
             ImageDataModule,
             "data_fallback",
             required=False,
-            help="DataModule used instead of data when data's root does not exist.",
+            help="DataModule used instead of data when data's root names an unset variable.",
         )
         parser.add_argument(
             "--channels_last", type=bool, default=False, help="Run the net in channels_last."
@@ -270,9 +296,8 @@ class BNNCLI(LightningCLI):
         """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode;
         add the default callbacks and plugins (:mod:`bnn_lightning.cli_defaults`)."""
         config = self.config.get(str(self.subcommand), self.config)
-        fallback, config.data_fallback = config.get("data_fallback"), None
-        if fallback is not None and not _data_root_exists(config.get("data")):
-            config.data = fallback
+        if (error := _pick_data(config)) is not None:
+            self.parser.error(error)
         out = Path(config.trainer.default_root_dir or "runs")
         config.trainer.default_root_dir = str(out)
         if config.checkpoint.dirpath is None:
@@ -335,31 +360,5 @@ class BNNCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls).
-
-    ``$BNN_DATA_DIR``, which configs use for the offline archives, defaults to ``../shared/data``.
-    """
-    os.environ.setdefault("BNN_DATA_DIR", "../shared/data")
-    argv = sys.argv[1:] if args is None else list(args)
-    if VERBOSE_FLAG in argv:  # jsonargparse's full report and every traceback
-        argv.remove(VERBOSE_FLAG)
-        BNNCLI(args=_in_process(argv, args))
-        return
-    quiet = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in _SUBCOMMANDS}}
-    try:
-        BNNCLI(args=_in_process(argv, args), parser_kwargs=quiet)
-    except Exception as err:
-        subcommand = next((a for a in argv if a in _SUBCOMMANDS), None)
-        message = one_line_error(err, subcommand)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(err, ArgumentError) else 1) from None
-
-
-def _in_process(argv: list[str], args: list[str] | None) -> list[str] | None:
-    """``argv`` for an in-process call; None reads ``sys.argv`` (LightningCLI warns about both)."""
-    if args is None:
-        sys.argv[1:] = argv
-        return None
-    return argv
+    """Entry point of ``bnn`` and ``python -m bnn_lightning`` (``args`` for in-process calls)."""
+    run_reporting_errors(BNNCLI, args, list(BNNCLI.subcommands()))

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from argparse import ArgumentError
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.error import URLError
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -28,7 +31,7 @@ import bnn_lightning
 from bnn_lightning.callbacks.guard import NonFiniteLossError
 from bnn_lightning.data.images import CorruptImageError
 
-__all__ = ["VERBOSE_FLAG", "one_line_error"]
+__all__ = ["VERBOSE_FLAG", "one_line_error", "run_reporting_errors"]
 
 VERBOSE_FLAG = "--verbose"
 """Command-line flag that keeps jsonargparse's full report and every traceback."""
@@ -123,3 +126,38 @@ def one_line_error(err: BaseException, subcommand: str | None = None) -> str | N
         message, prefix = message[key.end() :], f"{key.group(1)}: "
     hint = f"bnn {subcommand} --help" if subcommand else "bnn --help"
     return f"{prefix}{_condense(message)} (see {hint})"
+
+
+def _in_process(argv: list[str], args: list[str] | None) -> list[str] | None:
+    """``argv`` for an in-process call; None reads ``sys.argv`` (LightningCLI warns about both)."""
+    if args is None:
+        sys.argv[1:] = argv
+        return None
+    return argv
+
+
+def run_reporting_errors(
+    cli: Callable[..., Any], args: list[str] | None, subcommands: Sequence[str]
+) -> None:
+    """``cli(args=...)``, ending a mistake with one ``error:`` line (exit 2 for a parse error, 1
+    otherwise); with :data:`VERBOSE_FLAG` among the arguments, exactly as ``cli`` reports it.
+
+    Args:
+        cli: A LightningCLI class.
+        args: The command line without the program (None reads ``sys.argv``).
+        subcommands: Its subcommands (jsonargparse's own exit is switched off for each).
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if VERBOSE_FLAG in argv:
+        argv.remove(VERBOSE_FLAG)
+        cli(args=_in_process(argv, args))
+        return
+    quiet = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in subcommands}}
+    try:
+        cli(args=_in_process(argv, args), parser_kwargs=quiet)
+    except Exception as err:
+        message = one_line_error(err, next((a for a in argv if a in subcommands), None))
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ArgumentError) else 1) from None

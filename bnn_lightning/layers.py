@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn_lightning.fused import ste_sign_conv2d
-from bnn_lightning.quantizers import QuantizerSpec, SteSign, get_quantizer
+from bnn_lightning.fused import compute_dtype, magnitude_aware_sign, ste_sign_conv2d
+from bnn_lightning.quantizers import MagnitudeAwareSign, QuantizerSpec, SteSign, get_quantizer
 from bnn_lightning.thresholds import RSign
 
 __all__ = [
@@ -151,7 +151,7 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         self.pad_value = float(pad_value)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.quantized_weight()
+        weight = self._weight()
         quantizer = self.input_quantizer
         if isinstance(quantizer, RSign):  # ReActNet: the threshold first, then its sign
             x, quantizer = quantizer.shift(x), quantizer.quantizer
@@ -165,6 +165,18 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         x, saving = _compact_input(x, quantizer)
         with saving:
             return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def _weight(self) -> Tensor:
+        """The quantized weight; ``MagnitudeAwareSign``'s fused, already in the conv's dtype."""
+        quantizer = self.weight_quantizer
+        if (
+            type(quantizer) is MagnitudeAwareSign
+            and self.weight.device.type in ("cpu", "cuda")
+            and not torch.compiler.is_compiling()
+        ):
+            dtype = compute_dtype(self.weight)
+            return magnitude_aware_sign(self.weight, quantizer.clip, dtype)
+        return self.quantized_weight()
 
     def _fused(self, quantizer: nn.Module | None, x: Tensor) -> bool:
         """Whether the fused sign+conv kernel applies (clipped STE, binary padding, eager,

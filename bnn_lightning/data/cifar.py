@@ -2,8 +2,8 @@
 
 Validation uses the official test split, or with ``val_size`` a split carved from the 50,000
 training images by ``seed`` (the test split then stays for ``test``). With ``in_memory`` the
-training images are served from torchvision's uint8 array with batch-level augmentation
-(:class:`~bnn_lightning.data.memory.BatchAugment`), the fast path for CPU training.
+images are served from torchvision's uint8 arrays on the training device, augmented a batch at a
+time there (:mod:`bnn_lightning.data.device`), the fast path on a CPU and on a GPU.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from bnn_lightning.data.base import ImageDataModule, TransformSubset, split_indices
-from bnn_lightning.data.memory import BatchAugment, BatchCollate, BatchNormalize, TensorImageDataset
+from bnn_lightning.data.device import DeviceImages, IndexDataset
+from bnn_lightning.data.memory import BatchAugment, BatchNormalize
 from bnn_lightning.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -103,24 +105,28 @@ class CIFAR10DataModule(ImageDataModule):
         self._check_exists()
         train = self.dataset_cls(str(self.root), train=True)
         test = self.dataset_cls(str(self.root), train=False)
+        if self.in_memory:
+            images = torch.from_numpy(np.concatenate([train.data, test.data]))
+            augment = BatchAugment(self.padding, self.rotation, autoaugment=self.autoaugment)
+            normalize = BatchNormalize(self.mean, self.std)
+            self.device_images = DeviceImages(
+                images.permute(0, 3, 1, 2).contiguous(), augment, normalize
+            )
         if self.val_size:
             train_idx, val_idx = split_indices(len(train), self.val_size, self.seed)
             self.val_set = self._subset(train, val_idx, train=False)
         else:
             train_idx = list(range(len(train)))
-            self.val_set = self._subset(test, None, train=False)
+            self.val_set = self._subset(test, None, train=False, offset=len(train))
         self.train_set = self._subset(train, train_idx, train=True)
-        self.test_set = self._subset(test, None, train=False)
-        if self.in_memory:
-            augment = BatchAugment(self.padding, self.rotation, autoaugment=self.autoaugment)
-            self.train_collate = BatchCollate(augment, BatchNormalize(self.mean, self.std))
-            self.eval_collate = BatchCollate(BatchNormalize(self.mean, self.std))
+        self.test_set = self._subset(test, None, train=False, offset=len(train))
 
-    def _subset(self, dataset: CIFAR10, indices: list[int] | None, train: bool) -> Dataset:
-        if self.in_memory:
-            rows = list(range(len(dataset))) if indices is None else indices
-            images = torch.from_numpy(dataset.data[rows]).permute(0, 3, 1, 2).contiguous()
-            return TensorImageDataset(images, [dataset.targets[i] for i in rows])
+    def _subset(
+        self, dataset: CIFAR10, indices: list[int] | None, train: bool, offset: int = 0
+    ) -> Dataset:
+        rows = list(range(len(dataset))) if indices is None else indices
+        if self.in_memory:  # rows of device_images: the training images, then the test images
+            return IndexDataset([offset + i for i in rows], [dataset.targets[i] for i in rows])
         if train:
             tf = cifar_train_transform(
                 self.mean, self.std, 32, self.padding, self.rotation, self.autoaugment

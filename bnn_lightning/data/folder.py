@@ -6,9 +6,12 @@ folder holding ``train/`` is found inside it (``subdir``, or descending through 
 sub-folders). Validation uses ``val/``, or a split of ``train/`` carved by ``seed`` when
 ``val_size`` is set or there is no ``val/`` (10% by default); ``val/`` then serves ``test``.
 
-With ``in_memory`` every split is decoded once into a uint8 tensor cached in
-``<cache_dir>/tensors`` (side ``image_size`` for the ``cifar`` pipeline, ``int(image_size *
-test_resize_ratio)`` for ``imagenet``: shorter side resized, center square kept).
+With ``in_memory`` every split is decoded once into uint8 tensors cached in
+``<cache_dir>/tensors``. The ``cifar`` pipeline keeps ``image_size`` squares (shorter side
+resized, center square) on the training device and augments them there a batch at a time
+(:mod:`bnn_lightning.data.device`). The ``imagenet`` pipeline keeps each whole image with its
+shorter side resized to ``int(image_size * test_resize_ratio)``, so ``RandomResizedCrop`` sees
+all of it, and runs its per-image transforms in the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import torch
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from bnn_lightning.data.archive import (
@@ -31,6 +36,7 @@ from bnn_lightning.data.archive import (
     is_archive,
 )
 from bnn_lightning.data.base import ImageDataModule, TransformSubset, split_indices
+from bnn_lightning.data.device import DeviceImages, IndexDataset
 from bnn_lightning.data.images import (
     ImageFileDataset,
     Sample,
@@ -40,7 +46,12 @@ from bnn_lightning.data.images import (
     list_split,
     tensor_cache_file,
 )
-from bnn_lightning.data.memory import BatchAugment, BatchCollate, BatchNormalize, TensorImageDataset
+from bnn_lightning.data.memory import (
+    BatchAugment,
+    BatchNormalize,
+    RaggedImageDataset,
+    TensorImageDataset,
+)
 from bnn_lightning.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -169,9 +180,9 @@ class ImageFolderDataModule(ImageDataModule):
             extract_archive(self.root, self.cache_dir)
         if self.in_memory:
             for samples, what in self._splits():
-                if not tensor_cache_file(
-                    samples, self._memory_size, self._tensor_dir, what
-                ).is_file():
+                whole = self.pipeline != "cifar"
+                cache = tensor_cache_file(samples, self._memory_size, self._tensor_dir, what, whole)
+                if not cache.is_file():
                     self._decode(samples, what)
 
     def _splits(self) -> list[tuple[list[Sample], str]]:
@@ -202,11 +213,14 @@ class ImageFolderDataModule(ImageDataModule):
     def _tensor_dir(self) -> Path:
         return self.cache_dir / "tensors"
 
-    def _decode(self, samples: list[Sample], what: str) -> TensorImageDataset:
-        size, folder = self._memory_size, self._tensor_dir
-        return TensorImageDataset(*decode_images(samples, size, folder, self.skip_corrupt, what))
+    def _decode(self, samples: list[Sample], what: str) -> TensorImageDataset | RaggedImageDataset:
+        size, folder, whole = self._memory_size, self._tensor_dir, self.pipeline != "cifar"
+        data = decode_images(samples, size, folder, self.skip_corrupt, what, whole)
+        if whole:
+            return RaggedImageDataset(data["pixels"], data["shapes"], data["targets"])
+        return TensorImageDataset(data["images"], data["targets"])
 
-    def _dataset(self, samples: list[Sample], what: str) -> ImageFileDataset | TensorImageDataset:
+    def _dataset(self, samples: list[Sample], what: str) -> Dataset:
         if self.in_memory:
             return self._decode(samples, what)
         if self.skip_corrupt:
@@ -214,13 +228,15 @@ class ImageFolderDataModule(ImageDataModule):
         return ImageFileDataset(samples)
 
     def build_datasets(self) -> None:
-        datasets = [self._dataset(samples, what) for samples, what in self._splits()]
+        datasets: list[Dataset] = [self._dataset(s, what) for s, what in self._splits()]
+        if self.in_memory and self.pipeline == "cifar":
+            datasets = list(self._device_datasets(datasets))  # type: ignore[arg-type]
         train, held_out = datasets[0], (datasets[1] if len(datasets) > 1 else None)
         if not self.val_size and held_out is None:
             log.info("No val/ folder in %s: validating on 10%% of train/.", self.data_path)
         eval_tf = self._eval_transform()
         if self.val_size or held_out is None:
-            train_idx, val_idx = split_indices(len(train), self.val_size or 0.1, self.seed)
+            train_idx, val_idx = split_indices(len(train), self.val_size or 0.1, self.seed)  # type: ignore[arg-type]
             self.train_set = TransformSubset(train, train_idx, self._train_transform())
             self.val_set = TransformSubset(train, val_idx, eval_tf)
         else:
@@ -229,7 +245,19 @@ class ImageFolderDataModule(ImageDataModule):
         self.test_set = (
             self.val_set if held_out is None else TransformSubset(held_out, None, eval_tf)
         )
-        self._set_collates()
+
+    def _device_datasets(self, datasets: list[TensorImageDataset]) -> list[IndexDataset]:
+        """One image tensor for ``device_images``; each split becomes its rows in it."""
+        augment = BatchAugment(self.padding, self.rotation, autoaugment=self.autoaugment)
+        images = (
+            torch.cat([d.images for d in datasets]) if len(datasets) > 1 else datasets[0].images
+        )
+        self.device_images = DeviceImages(images, augment, BatchNormalize(self.mean, self.std))
+        starts = [0, len(datasets[0])]
+        return [
+            IndexDataset(range(start, start + len(d)), d.targets)
+            for start, d in zip(starts, datasets, strict=False)
+        ]
 
     def _train_transform(self) -> Callable | None:
         if self.pipeline == "cifar":
@@ -250,16 +278,16 @@ class ImageFolderDataModule(ImageDataModule):
         )
 
     def _eval_transform(self) -> Callable | None:
-        if self.in_memory:
+        if self.in_memory and self.pipeline == "cifar":
             return None
+        if self.in_memory:  # shorter side already int(image_size * test_resize_ratio)
+            size = self.image_size
+            return v2.Compose(
+                [
+                    v2.CenterCrop(size),
+                    v2.ToDtype(torch.float32, scale=True),
+                    v2.Normalize(self.mean, self.std),
+                ]
+            )
         ratio = 1.0 if self.pipeline == "cifar" else self.test_resize_ratio
         return eval_transform(self.mean, self.std, self.image_size, ratio)
-
-    def _set_collates(self) -> None:
-        if not self.in_memory:
-            return
-        crop = None if self.pipeline == "cifar" else self.image_size
-        self.eval_collate = BatchCollate(BatchNormalize(self.mean, self.std, crop_size=crop))
-        if self.pipeline == "cifar":
-            augment = BatchAugment(self.padding, self.rotation, autoaugment=self.autoaugment)
-            self.train_collate = BatchCollate(augment, BatchNormalize(self.mean, self.std))

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 __all__ = [
     "CorruptImageError",
@@ -41,26 +41,25 @@ class CorruptImageError(RuntimeError):
 
 
 def list_split(split_dir: Path) -> tuple[list[str], list[Sample]]:
-    """Sorted class names and ``(path, class index)`` samples of one split folder."""
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-    if not classes:
+    """Sorted class names and ``(path, class index)`` samples of one split folder.
+
+    torchvision's ``find_classes`` and ``make_dataset`` (ImageFolder's listing: class folders
+    sorted, images found recursively by extension); an empty class folder is an error naming it.
+    """
+    try:
+        classes, class_to_idx = find_classes(str(split_dir))
+    except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>."
+        ) from err
+    samples = make_dataset(str(split_dir), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    found = {target for _, target in samples}
+    empty = [name for name in classes if class_to_idx[name] not in found]
+    if empty:
+        raise FileNotFoundError(
+            f"Class folder {split_dir / empty[0]} holds no images ({', '.join(IMG_EXTENSIONS)}); "
+            "add images or remove the folder."
         )
-    samples: list[Sample] = []
-    for index, name in enumerate(classes):
-        folder = split_dir / name
-        files = sorted(
-            e.path
-            for e in os.scandir(folder)
-            if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)
-        )
-        if not files:
-            raise FileNotFoundError(
-                f"Class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)}); "
-                "add images or remove the folder."
-            )
-        samples += [(path, index) for path in files]
     return classes, samples
 
 
@@ -107,14 +106,17 @@ class ImageFileDataset(Dataset[tuple[Image.Image, int]]):
 
 
 class _Decode(Dataset[tuple[np.ndarray | None, int]]):
-    """Decode to a square uint8 ``size`` x ``size`` array (shorter side resized, center crop).
+    """Decode to a uint8 ``(H, W, 3)`` array whose shorter side is ``size``.
 
+    The array is the center ``size`` x ``size`` square, or with ``whole`` the whole image.
     Returns ``(None, index)`` for a corrupt file; with ``check_only`` the file is only decoded at
     the smallest JPEG draft scale and ``(empty array, index)`` is returned.
     """
 
-    def __init__(self, samples: Sequence[Sample], size: int, check_only: bool = False) -> None:
-        self.samples, self.size, self.check_only = samples, size, check_only
+    def __init__(
+        self, samples: Sequence[Sample], size: int, check_only: bool = False, whole: bool = False
+    ) -> None:
+        self.samples, self.size, self.check_only, self.whole = samples, size, check_only, whole
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -126,23 +128,25 @@ class _Decode(Dataset[tuple[np.ndarray | None, int]]):
             return None, index
         if self.check_only:
             return np.empty(0, np.uint8), index
-        if img.size != (self.size, self.size):
+        if min(img.size) != self.size or (not self.whole and img.width != img.height):
             scale = self.size / min(img.size)
             w = max(self.size, round(img.width * scale))
             h = max(self.size, round(img.height * scale))
-            left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.resize((w, h), Image.Resampling.BILINEAR)
+        if not self.whole and img.size != (self.size, self.size):
+            left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
         return np.asarray(img), index
 
 
 def _decode_all(
-    samples: Sequence[Sample], size: int, check_only: bool
+    samples: Sequence[Sample], size: int, check_only: bool, whole: bool = False
 ) -> dict[int, np.ndarray | None]:
     workers = min(2, os.cpu_count() or 1)
     loader = DataLoader(
-        _Decode(samples, size, check_only), batch_size=256, num_workers=workers, collate_fn=list
-    )
+        _Decode(samples, size, check_only, whole),
+        batch_size=256, num_workers=workers, collate_fn=list,
+    )  # fmt: skip
     return {index: img for batch in loader for img, index in batch}
 
 
@@ -164,35 +168,49 @@ def drop_corrupt(samples: Sequence[Sample], skip: bool, what: str) -> list[Sampl
     return _keep(samples, [i for i, img in decoded.items() if img is None], skip, what)
 
 
-def tensor_cache_file(samples: Sequence[Sample], size: int, cache_dir: Path, what: str) -> Path:
-    """The cache file of :func:`decode_images`; its name hashes the samples and ``size``."""
-    key = hashlib.sha1(repr((list(samples), size)).encode()).hexdigest()[:16]
-    return cache_dir / f"{what.replace('/', '_')}-{size}px-{key}.pt"
+def tensor_cache_file(
+    samples: Sequence[Sample], size: int, cache_dir: Path, what: str, whole: bool = False
+) -> Path:
+    """The cache file of :func:`decode_images`; its name hashes the samples, ``size``, ``whole``."""
+    kind = "-whole" if whole else ""
+    key = hashlib.sha1(repr((list(samples), size, *(["whole"] if whole else []))).encode())
+    return cache_dir / f"{what.replace('/', '_')}-{size}px{kind}-{key.hexdigest()[:16]}.pt"
 
 
 def decode_images(
-    samples: Sequence[Sample], size: int, cache_dir: Path, skip: bool, what: str
-) -> tuple[Tensor, Tensor]:
-    """Decode all samples into uint8 ``(N, 3, size, size)`` images and targets, cached on disk.
+    samples: Sequence[Sample],
+    size: int,
+    cache_dir: Path,
+    skip: bool,
+    what: str,
+    whole: bool = False,
+) -> dict[str, Tensor]:
+    """Decode all samples to uint8 images whose shorter side is ``size``, cached on disk.
 
-    A changed tree or size decodes anew (see :func:`tensor_cache_file`); the file is written
-    under a temporary name and renamed, so a partial file is never read.
+    Returns ``images`` ``(N, 3, size, size)`` (the center squares) and ``targets``; with
+    ``whole`` the whole images instead, as ``pixels`` (each image's ``(3, H, W)`` flattened, all
+    concatenated) and ``shapes`` ``(N, 2)``, see
+    :class:`~bnn_lightning.data.memory.RaggedImageDataset`. A changed tree, size or kind decodes
+    anew (see :func:`tensor_cache_file`); the file is written under a temporary name and
+    renamed, so a partial file is never read.
     """
-    cache = tensor_cache_file(samples, size, cache_dir, what)
+    cache = tensor_cache_file(samples, size, cache_dir, what, whole)
     if cache.is_file():
         data = torch.load(cache, weights_only=True)
-        _keep(samples, data["corrupt"].tolist(), skip, what)
-        return data["images"], data["targets"]
-    decoded = _decode_all(samples, size, check_only=False)
+        _keep(samples, data.pop("corrupt").tolist(), skip, what)
+        return data
+    decoded = _decode_all(samples, size, check_only=False, whole=whole)
     bad = [i for i, img in decoded.items() if img is None]
     kept = _keep(samples, bad, skip, what)
-    arrays = [img for img in decoded.values() if img is not None]
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    targets = torch.tensor([t for _, t in kept], dtype=torch.int64)
+    chw = [torch.from_numpy(img).permute(2, 0, 1) for img in decoded.values() if img is not None]
+    data = {"targets": torch.tensor([t for _, t in kept], dtype=torch.int64)}
+    if whole:
+        data["pixels"] = torch.cat([img.flatten() for img in chw])
+        data["shapes"] = torch.tensor([img.shape[1:] for img in chw], dtype=torch.int64)
+    else:
+        data["images"] = torch.stack(chw).contiguous()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save(
-        {"images": images, "targets": targets, "corrupt": torch.tensor(bad, dtype=torch.int64)}, tmp
-    )
+    torch.save({**data, "corrupt": torch.tensor(bad, dtype=torch.int64)}, tmp)
     os.replace(tmp, cache)
-    return images, targets
+    return data

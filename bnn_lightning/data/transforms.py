@@ -10,7 +10,8 @@ Per-image pipelines (PIL image or uint8 tensor in, normalized float CHW tensor o
 - :func:`eval_transform`: Resize(int(size * ratio)) + CenterCrop(size), normalize (HolmesShuan:
   ratio 1.15 or 1.35 on ImageNet; CIFAR uses ratio 1).
 
-Per-batch: :func:`batch_mix` builds MixUp / CutMix (soft targets) for a training batch.
+Per-batch: :class:`BatchMix` (built by :func:`batch_mix`) applies MixUp / CutMix (soft targets)
+to a training batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from bnn_lightning.data.resumable import RandomStream
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -31,6 +34,7 @@ __all__ = [
     "IMAGENET_EIGVEC",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BatchMix",
     "ColorJitterSwitch",
     "Lighting",
     "batch_mix",
@@ -221,19 +225,48 @@ def eval_transform(
     )
 
 
-def batch_mix(
-    num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
-) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
-    """MixUp and/or CutMix for a batch (one of them at random when both alphas are > 0).
+class BatchMix(RandomStream):
+    """MixUp and/or CutMix of a batch (torchvision's), drawing from its own generator.
 
-    The returned callable maps ``(images (N, C, H, W), labels (N,))`` to images and float soft
-    targets of shape ``(N, num_classes)`` whose rows sum to 1. None when both alphas are 0.
+    Maps ``(images (N, C, H, W), labels (N,))`` to the mixed images and float soft targets of
+    shape ``(N, num_classes)`` whose rows sum to 1; with both alphas > 0 each batch picks one of
+    the two. torchvision's transforms draw from the global CPU generator, so each batch runs them
+    under ``torch.random.fork_rng`` seeded from this stream (a CPU generator: the draws are a few
+    scalars, whatever the images' device).
+
+    Args:
+        num_classes: classes of the soft targets.
+        mixup_alpha: MixUp Beta(alpha, alpha); 0 leaves MixUp out.
+        cutmix_alpha: CutMix alpha; 0 leaves CutMix out.
+        seed: seed of the generator.
     """
-    mixes: list[Callable] = []
-    if mixup_alpha > 0:
-        mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-    if cutmix_alpha > 0:
-        mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
-    if not mixes:
+
+    def __init__(
+        self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__(seed)
+        mixes: list[Callable] = []
+        if mixup_alpha > 0:
+            mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        if not mixes:
+            raise ValueError("BatchMix needs mixup_alpha > 0 or cutmix_alpha > 0; both are 0.")
+        self.mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.draw_seed())
+            return self.mix(images, labels)
+
+    def __repr__(self) -> str:
+        return f"BatchMix({self.mix})"
+
+
+def batch_mix(
+    num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0
+) -> BatchMix | None:
+    """:class:`BatchMix` for these alphas, or None when both are 0."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return None
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+    return BatchMix(num_classes, mixup_alpha, cutmix_alpha, seed)

@@ -31,6 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bnn_lightning.attention import get_attention
+from bnn_lightning.fused_prelu import AddPReLU
 from bnn_lightning.layers import BinaryConv2d, BinaryLinear
 from bnn_lightning.registry import unknown_name
 
@@ -148,14 +149,14 @@ class BasicBlock(nn.Module):
             self.downsample = make_downsample(
                 opts.downsample, inplanes, planes, stride, opts.bn_momentum
             )
-        self.prelu = nn.PReLU(planes)
+        self.prelu = AddPReLU(planes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(self.bn(x))
         if self.gate is not None:
             out = out * self.gate(x)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.prelu(out + shortcut)
+        return self.prelu(out, shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -196,7 +197,7 @@ class Bottleneck(nn.Module):
         self.bn3, self.conv3 = opts.bn(planes), opts.conv(planes, out, 1)
         self.bn4 = opts.bn(out)
         self.branch: nn.Module | None = None
-        self.prelu: nn.Module | None = None
+        self.prelu: AddPReLU | None = None
         if has_branch:
             self.branch = (
                 make_downsample(opts.downsample, inplanes, out, stride, opts.bn_momentum, 1e-4)
@@ -207,7 +208,7 @@ class Bottleneck(nn.Module):
                     nn.AvgPool2d(3, 1, padding=1),
                 )
             )
-            self.prelu = nn.PReLU(out)
+            self.prelu = AddPReLU(out)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.branch is None else self.branch(x)
@@ -215,8 +216,8 @@ class Bottleneck(nn.Module):
         out = self.conv2(self.bn2(add))
         if self.gate is not None:
             out = out * self.gate(add)
-        out = self.bn4(self.conv3(self.bn3(out + add))) + shortcut
-        return out if self.prelu is None else self.prelu(out)
+        out = self.bn4(self.conv3(self.bn3(out + add)))
+        return out + shortcut if self.prelu is None else self.prelu(out, shortcut)
 
 
 def make_stem(stem: str, order: str, width: int, bn_momentum: float, conv: nn.Module) -> nn.Module:

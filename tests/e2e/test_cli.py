@@ -75,10 +75,10 @@ def test_num_classes_is_linked_from_the_datamodule(
     assert cli.model.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_quickstart_falls_back_to_the_torchvision_download_without_the_archive(
+def test_quickstart_falls_back_to_the_torchvision_download_without_bnn_data_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("BNN_DATA_DIR", raising=False)
     args = ["--config", str(QUICKSTART), *tiny_run_args(tmp_path, logger_dir=False)]
     cli = BNNCLI(args=args, run=False)  # the config as it is, only the network narrower
     assert isinstance(cli.datamodule, CIFAR10DataModule)
@@ -127,8 +127,19 @@ def read_csv_epochs(folder: Path) -> set[int]:
 def test_fit_keeps_best_and_last_and_resumes_from_last(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    """Resuming with more epochs needs a schedule that does not depend on the run's length.
+
+    (The quickstart's one-cycle schedule spans the run, so a longer resume of it is refused.)
+    """
     first, second = tmp_path / "first", tmp_path / "second"
-    main(["fit", *quick_args(tmp_path), *two_steps(1)])
+    step_decay = tmp_path / "step_decay.yaml"
+    step_decay.write_text(
+        "model:\n  scheduler_interval: epoch\n  lr_scheduler:\n"
+        "    class_path: bnn_lightning.WarmupMultiStepLR\n"
+        "    init_args: {milestones: [1], gamma: 0.1}\n"
+    )
+    quick = [*quick_args(tmp_path), "--config", str(step_decay)]
+    main(["fit", *quick, *two_steps(1)])
     out = capsys.readouterr().out
     assert "Final validation: val/acc_top1=" in out and "binary layers {'binary': 8}" in out
     ckpt_dir = tmp_path / "run" / "checkpoints"
@@ -140,12 +151,12 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     assert state["global_step"] == 2
     (ckpt_dir.parent / "csv").rename(first)
 
-    main(["fit", *quick_args(tmp_path), *two_steps(2), "--ckpt_path", "last"])
+    main(["fit", *quick, *two_steps(2), "--ckpt_path", "last"])
     (ckpt_dir.parent / "csv").rename(second)
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 4
     assert read_csv_epochs(first) == {0} and read_csv_epochs(second) == {1}
 
-    main(["fit", *quick_args(tmp_path), *two_steps(1)])  # a fresh rerun rewrites last.ckpt
+    main(["fit", *quick, *two_steps(1)])  # a fresh rerun rewrites last.ckpt
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] == 2
     assert not list(ckpt_dir.glob("last-v*.ckpt"))
 

@@ -15,6 +15,13 @@ import pytest
 import torch
 from device_helpers import CUDA, NO_CUDA, write_color_tree
 
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run this folder's compile test last: the slowest, so a time box cuts it alone."""
+    items.sort(key=lambda item: item.path.parent == HERE and "compile" in item.path.name)
+
 
 @pytest.fixture(params=["cpu", CUDA])
 def device(request: pytest.FixtureRequest) -> torch.device:

@@ -1,24 +1,30 @@
 """5. Bad data is an error naming the file or folder and the fix, or handled as documented.
 
-Tried inside a ``fit``: a missing root, an empty class folder, a truncated JPEG and one that is
-not a JPEG at all (an error naming the file, or dropped with ``skip_corrupt``), greyscale,
-greyscale+alpha, RGBA, palette and 16-bit images (converted to RGB), and a ``val/`` class
-that ``train/`` lacks (an error listing it).
+A data root given to ``bnn`` that does not exist is one ``error:`` line naming it (no download
+of other data); the quickstart's CIFAR-10 download stands in only where no root was given
+(``$BNN_DATA_DIR`` unset). Tried inside a ``fit``: a missing root, an empty class folder, a
+truncated JPEG and one that is not a JPEG at all (an error naming the file, or dropped with
+``skip_corrupt``), greyscale, greyscale+alpha, RGBA, palette and 16-bit images (converted to
+RGB), and a ``val/`` class that ``train/`` lacks (an error listing it).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import tiny_module, tiny_trainer
+from reliability_helpers import ROOT, tiny_module, tiny_trainer
 
-from bnn_lightning.data import CorruptImageError, ImageFolderDataModule
+from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.data import CIFAR10DataModule, CorruptImageError, ImageFolderDataModule
+
+QUICKSTART = ROOT / "configs" / "cifar10" / "quickstart.yaml"
 
 
 def folder_data(root: Path, **kwargs: object) -> ImageFolderDataModule:
@@ -42,6 +48,50 @@ def test_5_missing_root_and_empty_class_folder_fail_before_training(tree: Path) 
     (tree / "train" / "class9").mkdir()
     with pytest.raises(FileNotFoundError, match=r"Class folder .*class9 holds no images"):
         folder_data(tree)
+
+
+def cli_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The ``error:`` lines of a ``bnn`` configuration that must stop before instantiating."""
+    with pytest.raises(SystemExit) as stop:
+        BNNCLI(args=args, run=False)
+    assert stop.value.code == 2
+    return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_5_a_given_data_root_that_is_missing_is_one_error_line_naming_it(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in --data.init_args.root, or $BNN_DATA_DIR set to a folder without the archive:
+    no fall back to torchvision's CIFAR-10 download (other data than asked for)."""
+    args = ["--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path)]
+    typo = tmp_path / "typo"
+    if given == "flag":
+        args += ["--data.init_args.root", str(typo / "cifar10-jpeg-train.tar.gz")]
+        root = str(typo / "cifar10-jpeg-train.tar.gz")
+    else:
+        monkeypatch.setenv("BNN_DATA_DIR", str(typo))
+        root = "$BNN_DATA_DIR/cifar10-jpeg-train.tar.gz"
+    assert cli_errors(args, capsys) == [
+        f"error: data.init_args.root {root} does not exist; point it at the dataset's folder or "
+        "archive (--data.init_args.root)."
+    ]
+
+
+def test_5_only_an_unset_bnn_data_dir_falls_back_and_the_package_sets_no_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BNN_DATA_DIR", raising=False)
+    args = ["--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path)]
+    cli = BNNCLI(args=[*args, "--model.net.init_args.width", "8"], run=False)
+    assert isinstance(cli.datamodule, CIFAR10DataModule) and cli.datamodule.download
+    assert cli_errors([*args, "--data_fallback", "null"], capsys) == [
+        "error: data.init_args.root $BNN_DATA_DIR/cifar10-jpeg-train.tar.gz uses $BNN_DATA_DIR, "
+        "which is not set; set it to the folder holding the data, or pass --data.init_args.root."
+    ]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(QUICKSTART), "--print_config"])
+    assert "BNN_DATA_DIR" not in os.environ  # `bnn` itself knows no data folder
 
 
 def truncated_jpeg(path: Path) -> Path:

@@ -50,10 +50,12 @@ def test_cifar10_in_memory_fast_path(
     dm = cifar10(cifar10_archive, cache_dir, in_memory=True, batch_size=256)
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.train_set.dataset.images.shape == (50_000, 3, 32, 32)
+    assert dm.device_images is not None
+    assert dm.device_images.images.shape == (50_000, 3, 32, 32)
     assert (len(dm.train_set), len(dm.val_set)) == (45_000, 5_000)
-    images, targets = next(iter(dm.train_dataloader()))
+    images, targets = dm.transform_batch(next(iter(dm.train_dataloader())), train=True)
     assert images.shape == (256, 3, 32, 32) and len(set(targets.tolist())) == 10
+    assert images.dtype == torch.float32 and images.mean().abs() < 0.5
 
 
 def test_imagenette_gives_9469_train_3925_val_in_10_classes(

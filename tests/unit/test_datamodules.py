@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets import cifar as cifar_module
 
 from bnn_lightning.data import (
+    BatchAugment,
+    BatchMix,
+    BatchNormalize,
     CIFAR10DataModule,
     CIFAR100DataModule,
     CorruptImageError,
     ImageFolderDataModule,
+    TensorImageDataset,
 )
 from bnn_lightning.data import images as images_module
 from bnn_lightning.data.archive import extract_archive, find_split_root
@@ -148,25 +153,73 @@ def test_in_memory_folder_decodes_once_to_a_cached_tensor(tmp_path: Path, monkey
     again = folder_dm(root, in_memory=True, val_size=6)
     again.prepare_data()
     again.setup("fit")
-    assert again.train_set.dataset.images.shape == (24, 3, 16, 16)
-    images, targets = next(iter(again.train_dataloader()))
+    assert again.device_images.images.shape == (24, 3, 16, 16)
+    images, targets = again.transform_batch(next(iter(again.train_dataloader())), train=True)
     assert images.shape == (6, 3, 16, 16) and images.dtype == torch.float32
     assert targets.dtype == torch.int64
-    val_images, _ = next(iter(again.val_dataloader()))
+    val_images, _ = again.transform_batch(next(iter(again.val_dataloader())), train=False)
     assert val_images.shape == (6, 3, 16, 16)
 
 
-def test_in_memory_imagenet_pipeline_resizes_and_center_crops(tmp_path: Path) -> None:
+def test_device_path_gives_the_collate_paths_batch_for_the_same_generator_state(
+    tmp_path: Path,
+) -> None:
+    """The device-side path (rows gathered from the resident tensor after the transfer) against
+    the per-sample path (the loader stacks the uint8 images, then the batch augmentation,
+    normalization and MixUp run), from the same generator states: the same batch."""
+    dm = folder_dm(make_tree(tmp_path / "tree", val=False), in_memory=True, val_size=6,
+                   rotation=15.0, mixup_alpha=0.3)  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.device_images is not None and dm.mix is not None
+    rows, targets = next(iter(dm.train_dataloader()))
+    assert rows.dtype == torch.int64 and rows.shape == (6,)
+    augment_state = dm.device_images.augment.generator.get_state()
+    mix_state = dm.mix.generator.get_state()
+    images, soft_targets = dm.transform_batch((rows, targets), train=True)
+
+    samples = TensorImageDataset(dm.device_images.images, dm.train_set.dataset.targets)
+    stacked, collated = next(iter(DataLoader(samples, batch_size=6, sampler=rows.tolist())))
+    augment, mix = BatchAugment(padding=2, rotation=15.0), BatchMix(3, mixup_alpha=0.3)
+    augment.generator.set_state(augment_state)
+    mix.generator.set_state(mix_state)
+    expected = mix(BatchNormalize(dm.mean, dm.std)(augment(stacked)), collated)
+    assert torch.equal(images, expected[0]) and torch.equal(soft_targets, expected[1])
+    assert not torch.equal(augment(stacked), stacked)  # it did augment
+
+
+def striped_tree(root: Path, n: int = 4) -> Path:
+    """``root/train/<class>/`` with 30x60 images: red left quarter, green middle, blue right."""
+    pixels = np.zeros((30, 60, 3), np.uint8)
+    pixels[:, :15, 0] = pixels[:, 15:45, 1] = pixels[:, 45:, 2] = 255
+    for c in CLASSES:
+        (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(pixels).save(root / "train" / c / f"{i}.png")
+    return root
+
+
+def test_in_memory_imagenet_pipeline_keeps_whole_images_for_random_resized_crop(
+    tmp_path: Path,
+) -> None:
+    """The cache holds each image whole, its shorter side resized to int(16 * 1.25) = 20, so
+    RandomResizedCrop reaches the red and blue sides; evaluation center-crops 16 (all green)."""
     dm = folder_dm(
-        make_tree(tmp_path / "tree", size=30), pipeline="imagenet", in_memory=True,
-        test_resize_ratio=1.25,
+        striped_tree(tmp_path / "tree"), pipeline="imagenet", in_memory=True, val_size=3,
+        test_resize_ratio=1.25, color_jitter=False, lighting=0.0, mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.train_set.dataset.images.shape[-2:] == (20, 20)  # int(16 * 1.25)
-    train_images, _ = next(iter(dm.train_dataloader()))
+    assert dm.train_set.dataset[0][0].shape == (3, 20, 40)
     val_images, _ = next(iter(dm.val_dataloader()))
-    assert train_images.shape == val_images.shape == (6, 3, 16, 16)
+    assert val_images.shape == (3, 3, 16, 16)
+    assert (val_images[:, 1] > 0.9).all() and (val_images[:, [0, 2]] < 0.1).all()
+    crops = torch.cat([images for _ in range(10) for images, _ in dm.train_dataloader()])
+    assert crops.shape[1:] == (3, 16, 16)
+    red = (crops[:, 0] > 0.9).flatten(1).any(1)
+    blue = (crops[:, 2] > 0.9).flatten(1).any(1)
+    assert red.any() and blue.any()  # a center square of the image holds neither
 
 
 # --- global batch size, MixUp, colour jitter ---------------------------------------------------
@@ -310,10 +363,14 @@ def test_cifar_on_fake_pickles(
     dm.setup("fit")
     n_train = 20 * len(dataset.train_list)
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (n_train - 10, 10, 20)
-    images, targets = next(iter(dm.train_dataloader()))
+    images, targets = dm.transform_batch(next(iter(dm.train_dataloader())), train=True)
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
     assert targets.dtype == torch.int64
-    assert next(iter(dm.test_dataloader()))[0].shape == (8, 3, 32, 32)
+    test_images, _ = dm.transform_batch(next(iter(dm.test_dataloader())), train=False)
+    assert test_images.shape == (8, 3, 32, 32)
+    first_test_image = torch.from_numpy(dataset(str(tmp_path), train=False).data[0])
+    expected = first_test_image.permute(2, 0, 1) / 255 - torch.tensor(dm.mean)[:, None, None]
+    torch.testing.assert_close(test_images[0], expected / torch.tensor(dm.std)[:, None, None])
 
 
 def test_cifar_missing_root_explains_how_to_get_the_data(tmp_path: Path) -> None:

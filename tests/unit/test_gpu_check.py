@@ -76,6 +76,20 @@ def test_parse_junit_counts_passes_failures_and_skip_reasons(tmp_path: Path) -> 
     assert parsed["skip_reasons"] == ["needs a CUDA device"]
 
 
+def test_pytest_output_of_a_stopped_run_is_counted() -> None:
+    text = (
+        "tests/gpu/test_device_ddp.py::test_x[cuda] PASSED   [ 20%]\n"
+        "tests/gpu/test_device_fused.py::test_y[cuda-1-1-1.0-False] FAILED   [ 40%]\n"
+        "tests/gpu/test_device_fused.py::test_y[cuda-2-2-0.0-True] SKIPPED (no) [ 60%]\n"
+        "tests/gpu/test_device_compile.py::test_z[cuda] "  # killed while running
+    )
+    parsed = gpu_report.parse_pytest_output(text)
+    assert (parsed["tests"], parsed["passed"], parsed["skipped"]) == (3, 1, 1)
+    assert parsed["failed"] == [
+        "tests/gpu/test_device_fused.py::test_y[cuda-1-1-1.0-False]: failed"
+    ]
+
+
 def test_epochs_fill_the_training_time_at_the_measured_speeds() -> None:
     # an epoch: 45,000 images through data (50k/s) then the step (10k/s) = 5.4 s, plus 5,000
     # validation images at 3 x 10k/s = 0.167 s; 90% of 300 s holds 48 of them
@@ -108,6 +122,20 @@ def test_find_archive_looks_in_bnn_data_dir_then_the_checkout(
         assert gpu_check.find_archive(tmp_path) == tmp_path / folder / gpu_check.ARCHIVE
 
 
+def test_missing_packages_without_wheels_are_one_error_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "torchdata" else find_spec(name)
+    )
+    with pytest.raises(SystemExit, match=r"needs torchdata: .*\(`make gpu-bundle`\)"):
+        gpu_check.ensure_packages(tmp_path)
+
+
 def test_parts_at_toy_size_make_a_complete_report(tmp_path: Path) -> None:
     """Eager throughput, data path and a one-epoch real run in this process; then the report."""
     shared = gpu_check.data_args(None, tmp_path)
@@ -130,6 +158,7 @@ def test_parts_at_toy_size_make_a_complete_report(tmp_path: Path) -> None:
     }
     assert results["data"]["batches"] == gpu_parts.DRY.data_batches
     assert (results["data"]["train_images"], results["data"]["val_images"]) == (100, 20)
+    assert results["data"]["uint8_images_on"] == "cpu"  # the device-side path, on this device
     run = results["run"]
     assert run["epochs_done"] == 1 and run["steps"] == 100 // 16 and not run["stopped_early"]
     assert 0 <= run["final"]["val/acc_top1"] <= 1 and len(run["epochs"]) == 1

@@ -1,0 +1,178 @@
+"""The fused binary conv, weight sign and PReLU equal the generic path bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnn_lightning import layers as L
+from bnn_lightning.fused import pack_codes, sign_and_codes, unpack_codes
+from bnn_lightning.fused_prelu import AddPReLU
+from bnn_lightning.models import create_model
+from bnn_lightning.quantizers import MagnitudeAwareSign, SteSign
+
+
+class _GenericSteSign(SteSign):
+    """Same maths as SteSign, but not SteSign's exact type, so it takes the generic path."""
+
+
+class _GenericMagnitudeAwareSign(MagnitudeAwareSign):
+    """Same maths as MagnitudeAwareSign, generic path."""
+
+
+class _GenericAddPReLU(AddPReLU):
+    """``nn.PReLU`` on the sum, ATen's backward."""
+
+    def forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        return F.prelu(x if shortcut is None else x + shortcut, self.weight)
+
+
+def _make_generic(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, L.BinaryConv2d):
+            if type(module.input_quantizer) is SteSign:
+                module.input_quantizer = _GenericSteSign(module.input_quantizer.clip)
+            if type(module.weight_quantizer) is MagnitudeAwareSign:
+                module.weight_quantizer = _GenericMagnitudeAwareSign(module.weight_quantizer.clip)
+        if type(module) is AddPReLU:
+            module.__class__ = _GenericAddPReLU
+    return model
+
+
+def _edge_weights(conv: nn.Conv2d, clip: float) -> None:
+    """Weights on the clip boundary, just past it, and signed zeros (sign(-0.0) = +1)."""
+    with torch.no_grad():
+        flat = conv.weight.view(-1)
+        flat[:6] = torch.tensor([clip, -clip, 0.0, -0.0, -1e-40, 1e-40])
+        flat[6] = torch.nextafter(torch.tensor(clip), torch.tensor(2.0 * clip))
+        flat[7] = -flat[6]
+
+
+def _run(layer: nn.Module, x: Tensor, autocast: bool) -> list[Tensor | None]:
+    xi = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = layer(xi)
+    out.float().square().sum().backward()
+    return [out, xi.grad] + [p.grad for p in layer.parameters()]
+
+
+def _assert_equal(fused: list[Tensor | None], generic: list[Tensor | None]) -> None:
+    for a, b in zip(fused, generic, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 13])
+def test_codes_pack_four_to_a_byte_and_unpack(n: int) -> None:
+    codes = torch.randint(0, 4, (n,), dtype=torch.uint8)
+    packed = pack_codes(codes)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 4)
+    assert torch.equal(unpack_codes(packed, n), codes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sign_and_codes(dtype: torch.dtype) -> None:
+    x = torch.tensor([-3.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 3.0, 1.5], dtype=dtype)
+    sign, packed = sign_and_codes(x, 1.0, torch.bfloat16)
+    assert sign.dtype == torch.bfloat16
+    assert sign.tolist() == [-1, -1, -1, 1, 1, 1, 1, 1, 1]
+    # 1[x >= 0] + 2 * 1[|x| <= clip]
+    assert unpack_codes(packed, x.numel()).tolist() == [0, 2, 2, 3, 3, 3, 3, 1, 1]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("stride", "groups", "pad_value", "bias", "clip"),
+    [(1, 1, 0.0, False, 1.0), (2, 2, -1.0, True, 0.3)],
+)
+def test_fused_conv_equals_the_generic_path(
+    autocast: bool,
+    channels_last: bool,
+    stride: int,
+    groups: int,
+    pad_value: float,
+    bias: bool,
+    clip: float,
+) -> None:
+    def make() -> L.BinaryConv2d:
+        return L.BinaryConv2d(
+            4, 6, 3, stride, 1, groups=groups, bias=bias, pad_value=pad_value,
+            input_quantizer=SteSign(clip), weight_quantizer=MagnitudeAwareSign(clip),
+        )  # fmt: skip
+
+    fused = make()
+    _edge_weights(fused, clip)
+    generic = _make_generic(make())
+    generic.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 4, 7, 7)  # 392 elements: codes fill whole bytes; (1, 4, 3, 5) below not
+    x[0, :, 0] = 0.0
+    x[0, :, 1] = -0.0
+    x[1, :, 1] = clip  # on the clip boundary: the gradient passes
+    x[1, :, 2] = -clip
+    for inputs in (x, x[:1, :, :3, :5]):
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        assert fused._fused(fused.input_quantizer, inputs)
+        assert not generic._fused(generic.input_quantizer, inputs)
+        _assert_equal(_run(fused, inputs, autocast), _run(generic, inputs, autocast))
+        fused.zero_grad(), generic.zero_grad()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("clip", [1.0, 0.3, 1.302])
+def test_fused_weight_sign_equals_magnitude_aware_sign(dtype: torch.dtype, clip: float) -> None:
+    """Only the weight is binary (``binary_weights`` mode); clips that ``dtype`` rounds."""
+    fused = L.BinaryConv2d(3, 5, 3, input_quantizer=None, weight_quantizer=MagnitudeAwareSign(clip))
+    with torch.no_grad():  # every value of dtype around the clip
+        edge = torch.tensor(clip, dtype=dtype).float()
+        around = torch.arange(-8, 9) * (2.0**-23 if dtype == torch.float32 else 2.0**-7)
+        fused.weight.view(-1)[:17] = (edge * (1 + around)).to(dtype).float()
+    generic = _make_generic(
+        L.BinaryConv2d(3, 5, 3, input_quantizer=None, weight_quantizer=MagnitudeAwareSign(clip))
+    )
+    fused, generic = fused.to(dtype), generic.to(dtype)
+    generic.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 6, 6, dtype=dtype)
+    _assert_equal(_run(fused, x, False), _run(generic, x, False))
+
+
+def _saved(layer: nn.Module, x: Tensor) -> list[tuple[torch.dtype, int]]:
+    saved = []
+
+    def pack(t: Tensor) -> Tensor:
+        saved.append((t.dtype, t.numel()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return saved
+
+
+def test_fused_conv_keeps_two_bits_an_input_element() -> None:
+    conv = L.BinaryConv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    saved = _saved(conv, x)
+    assert (torch.uint8, x.numel() // 4) in saved
+    assert all(numel < x.numel() for _, numel in saved)  # no float copy of the input
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_binary_resnet_equals_the_generic_path(autocast: bool) -> None:
+    """Forward outputs and every parameter gradient of a training step, channels_last."""
+    fused = create_model("resnet10_cifar", num_classes=10, width=8)
+    generic = _make_generic(create_model("resnet10_cifar", num_classes=10, width=8))
+    generic.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    results = []
+    for net in (fused, generic):
+        net.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x)
+        F.cross_entropy(out.float(), torch.arange(4)).backward()
+        results.append([out] + [p.grad for p in net.parameters()])
+    _assert_equal(*results)
