@@ -50,16 +50,12 @@ bench-quick: install ## Smaller benchmarks, no compile, no quickstart training (
 # its CUDA build of torch) and installs what that lacks from .gpu/wheels (README, "GPU").
 OFFLINE ?=
 GPU_CHECK_ARGS ?=
-GPU_WHEELS := jsonargparse docstring_parser typeshed_client
 
 gpu-check: $(if $(OFFLINE),,install) ## One GPU, under 8 min: CUDA tests, speeds, a 5-min CIFAR-10 run -> benchmarks/results/gpu-<date>.*
 	$(if $(OFFLINE),python3,$(PY)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 gpu-bundle: install ## Fill .gpu/ (CIFAR-10 archive, wheels) for `make gpu-check OFFLINE=1` on a GPU machine.
-	mkdir -p .gpu/data .gpu/wheels
-	install -m 644 $(BNN_DATA_DIR)/cifar10-jpeg-train.tar.gz .gpu/data/
-	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .gpu/wheels $$($(PY) -c \
-	  'import importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in "$(GPU_WHEELS)".split()))')
+	$(PY) benchmarks/gpu_check.py --bundle
 
 clean: ## Remove caches, logs and build outputs (keeps .venv).
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info lightning_logs wandb

@@ -21,7 +21,7 @@ real run gets the time that is left, at most 5 minutes of training. The CIFAR-10
 ``cifar10-jpeg-train.tar.gz`` is looked for in ``$BNN_DATA_DIR``, ``.gpu/data`` and ``data``;
 it is extracted and decoded in the background while the GPU parts run. On a machine without the
 package index, the packages that its Python lacks are installed from ``.gpu/wheels`` into
-``.gpu/site`` first (``make gpu-bundle`` fills ``.gpu``; README, "GPU").
+``.gpu/site`` first (``--bundle``, i.e. ``make gpu-bundle``, fills ``.gpu``; README, "GPU").
 
 ``python benchmarks/gpu_check.py --dry-run`` runs every part at toy size on the CPU (a tiny
 network, a generated image tree, compiled with ``aot_eager``) and writes its report to ``--out``.
@@ -41,59 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpu_setup import ROOT, bundle, ensure_packages, find_archive
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-ARCHIVE = "cifar10-jpeg-train.tar.gz"
 TRAIN_SECONDS = 300.0  # the real run's training time when the budget allows
 RUN_OVERHEAD_S = 20.0  # start-up, data loading and the last validation of the real run
 BOXES = {"tests": 120.0, "throughput": 120.0, "data": 30.0}  # seconds, full size
 DRY_BOXES = {"tests": 240.0, "throughput": 240.0, "data": 120.0}
-
-
-def ensure_packages(root: Path = ROOT) -> list[str]:
-    """Make ``bnn_lightning`` and its CLI's packages importable here and in the parts.
-
-    The repository goes on the path (no install needed). Where ``jsonargparse`` and friends are
-    missing (a GPU machine without the package index), the wheels in ``.gpu/wheels`` are
-    installed into ``.gpu/site`` with pip, offline. Returns the paths added.
-    """
-    import importlib.util
-
-    paths = [str(root)]
-    missing = [
-        m for m in ("jsonargparse", "docstring_parser", "typeshed_client")
-        if importlib.util.find_spec(m) is None
-    ]  # fmt: skip
-    wheels = sorted((root / ".gpu" / "wheels").glob("*.whl"))
-    if missing and wheels:
-        site = root / ".gpu" / "site"
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-             "--upgrade", "--target", str(site), *map(str, wheels)],
-            check=True,
-        )  # fmt: skip
-        paths.append(str(site))
-    elif missing:
-        raise SystemExit(
-            f"gpu_check needs {', '.join(missing)}: install the package (`make install`), or "
-            "put their wheels in .gpu/wheels (`make gpu-bundle`) on a machine without an index."
-        )
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
-    importlib.invalidate_caches()
-    return paths
-
-
-def find_archive(root: Path = ROOT) -> Path | None:
-    """The CIFAR-10 archive in ``$BNN_DATA_DIR``, ``.gpu/data`` or ``data``, else None."""
-    folders = [os.environ.get("BNN_DATA_DIR"), root / ".gpu" / "data", root / "data"]
-    for folder in folders:
-        if folder and (Path(folder) / ARCHIVE).is_file():
-            return (Path(folder) / ARCHIVE).resolve()
-    return None
 
 
 def environment() -> dict[str, Any]:
@@ -304,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="every part at toy size on CPU")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="report folder")
     parser.add_argument("--budget", type=float, default=472.0, help="seconds for all parts")
+    parser.add_argument("--bundle", action="store_true", help="fill .gpu/ (make gpu-bundle)")
     parser.add_argument("--part", choices=["prepare", "throughput", "data", "run"])
     parser.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--part-args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bundle:
+        for path in bundle():
+            print(f"[gpu-check] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        return 0
     ensure_packages()
     sys.path.insert(0, str(HERE))
     return run_part(args) if args.part else run_check(args)

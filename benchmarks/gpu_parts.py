@@ -3,7 +3,9 @@
 - :func:`throughput`: training-step images/s of the binary ResNet-18 and of the same net with its
   quantizers off (float), eager and compiled, in bf16 autocast + channels_last.
 - :func:`data_path`: images/s that the training data path delivers to the device, measured
-  through a Lightning ``Trainer`` whose step does nothing (loader, transfer, batch hooks).
+  through a Lightning ``Trainer`` whose step does nothing: the loader, the transfer, and the
+  batch hooks (for the in-memory CIFAR pipeline: gather, augmentation and normalization on the
+  device, :mod:`bnn_lightning.data.device`).
 - :func:`real_run`: ``configs/cifar10/gpu.yaml`` trained for a number of epochs, with the
   validation top-1 after each epoch and the time.
 
@@ -216,6 +218,9 @@ def data_path(sizes: Sizes, data_args: list[str], save: Save) -> dict[str, Any]:
         "train_images": len(datamodule.train_set),  # type: ignore[arg-type]
         "val_images": len(datamodule.val_set),  # type: ignore[arg-type]
     }
+    images = getattr(getattr(datamodule, "device_images", None), "images", None)
+    if images is not None:  # the device-side path: where the uint8 tensor ended up
+        result["uint8_images_on"] = images.device.type
     save(result)
     return result
 

@@ -213,7 +213,9 @@ def markdown(results: dict[str, Any]) -> str:
         batch = data["batch"]
         lines += [f"{data['images_per_s']:.0f} images/s over {data['batches']} batches; each "
                   f"reached the training step as {batch['dtype']} {batch['shape']} on "
-                  f"{batch['device']}.", ""]  # fmt: skip
+                  f"{batch['device']}"
+                  + (f"; the uint8 images were on {data['uint8_images_on']}."
+                     if data.get("uint8_images_on") else "."), ""]  # fmt: skip
     else:
         lines += [str(data.get("status")), ""]
     lines += ["## Real run: configs/cifar10/gpu.yaml", ""]

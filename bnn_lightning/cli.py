@@ -206,10 +206,11 @@ def _pick_data(config: Namespace) -> str | None:
             f"data.init_args.root {root} uses ${unset[0]}, which is not set; set it to the folder "
             "holding the data, or pass --data.init_args.root."
         )
-    missing = not Path(os.path.expandvars(root)).expanduser().exists()
-    if missing and not data.init_args.get("download"):
+    path = Path(os.path.expandvars(root)).expanduser()
+    if not path.exists() and not data.init_args.get("download"):
+        shown = root if str(path) == root else f"{root} ({path})"
         return (
-            f"data.init_args.root {root} does not exist; point it at the dataset's folder or "
+            f"data.init_args.root {shown} does not exist; point it at the dataset's folder or "
             "archive (--data.init_args.root)."
         )
     return None

@@ -9,10 +9,12 @@ where a callback that saves at the end of the training epoch never makes it up. 
 ``every_n_train_steps: 2`` on a 10-step epoch the first file came at step 12; on ImageNet a crash
 in the first epoch (hours) lost everything.
 
-:func:`split_last_checkpoint` gives ``last.ckpt`` a ``ModelCheckpoint`` of its own that monitors
-nothing (Lightning's own callback, public arguments only), on the best one's triggers: every
-``every_n_train_steps`` steps from step N on, every ``train_time_interval``, or at the end of
-every ``every_n_epochs``-th epoch (the default: every epoch).
+:func:`split_last_checkpoint` gives ``last.ckpt`` a :class:`LastCheckpoint` of its own that
+monitors nothing, on the best one's triggers: every ``every_n_train_steps`` steps from step N on,
+every ``train_time_interval``, or at the end of every ``every_n_epochs``-th epoch (the default:
+every epoch); and at the end of training when the triggers left the final step unsaved, so that
+``last.ckpt`` of a finished run holds its final weights (what stage 2's ``init_from`` and
+``bnn export`` read), not those of up to N - 1 steps before.
 
 :func:`recorded_best` finds the best checkpoint after the run (``bnn export --ckpt_path best``):
 the ``best_model_path`` that the monitored callback recorded in the run's newest checkpoint, not
@@ -26,11 +28,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from bnn_lightning.checkpoint_io import read_checkpoint
 
-__all__ = ["recorded_best", "split_last_checkpoint"]
+__all__ = ["LastCheckpoint", "recorded_best", "split_last_checkpoint"]
 
 _TRIGGERS = (
     "every_n_train_steps",
@@ -42,9 +45,47 @@ _TRIGGERS = (
 )
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` writing ``<dirpath>/last.ckpt`` alone, monitoring nothing;
+    it also saves at the end of training when its triggers did not save the final step.
+
+    Args:
+        dirpath: The checkpoint folder.
+        **triggers: ``every_n_train_steps``, ``train_time_interval``, ``every_n_epochs``, ... of
+            ``ModelCheckpoint``.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, **triggers: Any) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,  # unmonitored: the newest, under one name
+            enable_version_counter=False,  # a rerun rewrites last.ckpt
+            **triggers,
+        )
+        self._saved_step: int | None = None
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Save the final step unless it was saved, or nothing trained (``fast_dev_run`` too)."""
+        super().on_train_end(trainer, pl_module)
+        if getattr(trainer, "fast_dev_run", False) or trainer.global_step in (0, self._saved_step):
+            return
+        self.best_model_path = os.path.join(
+            self.dirpath or trainer.default_root_dir,
+            self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION,
+        )
+        trainer.save_checkpoint(self.best_model_path, self.save_weights_only)
+
+
 def split_last_checkpoint(
     best: ModelCheckpoint, options: Mapping[str, Any]
-) -> ModelCheckpoint | None:
+) -> LastCheckpoint | None:
     """Move ``last.ckpt`` from ``best`` to an unmonitored ``ModelCheckpoint``, or None.
 
     Args:
@@ -59,14 +100,8 @@ def split_last_checkpoint(
     if not best.save_last:
         return None
     best.save_last = False
-    return ModelCheckpoint(
-        dirpath=best.dirpath,
-        filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-        monitor=None,
-        save_top_k=1,  # unmonitored: the newest, under one name
-        enable_version_counter=False,  # a rerun rewrites last.ckpt
-        **{key: options[key] for key in _TRIGGERS if options.get(key) is not None},
-    )
+    triggers = {key: options[key] for key in _TRIGGERS if options.get(key) is not None}
+    return LastCheckpoint(best.dirpath, **triggers)
 
 
 def _recorded_state(callback: ModelCheckpoint, states: Mapping[str, Any]) -> Mapping[str, Any]:

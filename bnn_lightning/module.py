@@ -158,10 +158,10 @@ class BNNClassifier(LightningModule):
                 "a checkpoint path, or let StageHandoff(teacher_from_stage1=true) provide one."
             )
         top5 = min(5, self.num_classes)
-        for stage in ("train", "val", "test"):
+        for stage in ("train", "val", "test"):  # micro: the fraction of images (not of classes)
             metrics: dict[str, Metric | MetricCollection] = {
-                "acc_top1": MulticlassAccuracy(self.num_classes, top_k=1),
-                "acc_top5": MulticlassAccuracy(self.num_classes, top_k=top5),
+                "acc_top1": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+                "acc_top5": MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"),
             }
             collection = MetricCollection(metrics, prefix=f"{stage}/")
             collection.persistent(stage == "train")  # a mid-epoch resume continues the counts

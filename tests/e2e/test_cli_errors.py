@@ -107,7 +107,7 @@ def test_a_failed_download_says_where_the_data_goes(
         raise URLError("no network")
 
     monkeypatch.setattr(cifar_module, "download_and_extract_archive", offline)
-    monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("BNN_DATA_DIR", raising=False)  # no root given: the fallback applies
     args = ["fit", "--config", str(QUICKSTART), *tiny_run_args(tmp_path)]
     args += ["--data_fallback.init_args.root", str(tmp_path / "cifar")]
     assert error_line(args, capsys, 1) == (

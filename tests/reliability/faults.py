@@ -44,8 +44,8 @@ class Recorder(L.Callback):
 
     At the end of ``fit`` rank 0 writes ``out/final.pt`` (the net's weights) and
     ``out/metrics.json`` (the callback metrics); every rank writes ``out/losses<rank>.json``
-    (``{global step: loss}`` of the steps this process ran). The kill comes before the step's
-    checkpoint is written (Lightning runs ``ModelCheckpoint`` last).
+    (``{global step: loss}`` of the steps this process ran) and ``out/weights<rank>.pt``. The
+    kill comes before the step's checkpoint is written (Lightning runs ``ModelCheckpoint`` last).
 
     Args:
         out: Folder for the files.
@@ -85,6 +85,7 @@ class Recorder(L.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
         (self.out / f"losses{rank}.json").write_text(json.dumps(self.losses))
+        torch.save(pl_module.net.state_dict(), self.out / f"weights{rank}.pt")
         if rank == 0:
             torch.save(pl_module.net.state_dict(), self.out / "final.pt")
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -71,7 +71,7 @@ def test_5_a_given_data_root_that_is_missing_is_one_error_line_naming_it(
         root = str(typo / "cifar10-jpeg-train.tar.gz")
     else:
         monkeypatch.setenv("BNN_DATA_DIR", str(typo))
-        root = "$BNN_DATA_DIR/cifar10-jpeg-train.tar.gz"
+        root = f"$BNN_DATA_DIR/cifar10-jpeg-train.tar.gz ({typo / 'cifar10-jpeg-train.tar.gz'})"
     assert cli_errors(args, capsys) == [
         f"error: data.init_args.root {root} does not exist; point it at the dataset's folder or "
         "archive (--data.init_args.root)."

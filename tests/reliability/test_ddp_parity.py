@@ -9,17 +9,20 @@ against one BatchNorm over the whole batch.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from reliability_helpers import HERE, ROOT, bnn_env
+from reliability_helpers import HERE, ROOT, bnn_env, fit_args, recorded_losses
 from torch import nn
 
+from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.sync_batchnorm import GlobalBatchNorm, GlobalBatchNormSync
 
 
@@ -105,3 +108,52 @@ def test_8_two_process_ddp_follows_the_one_process_loss_trajectory(
     torch.testing.assert_close(ddp, single, rtol=0, atol=loss_atol)
     differences = weight_differences(single_weights, ddp_weights)
     assert differences.max() <= 1e-3 and differences.mean() <= 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_command(tree: Path, run: Path, node: int, port: int) -> list[str]:
+    """``torchrun`` of ``bnn fit`` on one of two "machines" (``--nnodes 2``, one process each,
+    c10d rendezvous on 127.0.0.1): ``tiny.yaml`` with ``configs/trainer/multinode.yaml`` on CPU
+    (gloo, ``GlobalBatchNormSync``), a data cache of its own as on its own disk, one epoch."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    torchrun += ["--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_id", "bnn-test"]
+    torchrun += ["--rdzv_endpoint", f"127.0.0.1:{port}", "-m", "bnn_lightning"]
+    sync = {"class_path": "bnn_lightning.sync_batchnorm.GlobalBatchNormSync"}
+    preset = ["--config", str(ROOT / "configs" / "trainer" / "multinode.yaml")]
+    preset += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2"]
+    preset += ["--trainer.sync_batchnorm", "false", "--trainer.precision", "32-true"]
+    preset += ["--trainer.plugins", json.dumps([sync]), "--trainer.max_epochs", "1"]
+    preset += ["--checkpoint.every_n_train_steps", "2"]
+    return [
+        *torchrun,
+        *fit_args(tree, run, *preset, "--data.init_args.cache_dir", str(run / f"cache{node}")),
+    ]
+
+
+@pytest.mark.ddp
+def test_8_two_torchrun_nodes_train_in_sync(image_tree: Path, tmp_path: Path) -> None:
+    """Global batch 8 over two torchrun nodes sharing the run folder, 4 steps: both end with
+    identical weights after training on different shards, and rank 0's ``last.ckpt`` holds them."""
+    port, log = free_port(), {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    command = partial(node_command, image_tree, tmp_path, port=port)
+    nodes = [
+        subprocess.Popen(command(node), env=bnn_env(), cwd=ROOT, text=True, **log)
+        for node in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    losses = [recorded_losses(tmp_path, rank) for rank in (0, 1)]
+    assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4]  # 32 images, 4 per process
+    assert losses[0] != losses[1]  # each node trained on its own shard
+    weights = [torch.load(tmp_path / "rec" / f"weights{r}.pt", weights_only=True) for r in (0, 1)]
+    saved = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 4
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+        assert torch.equal(saved["state_dict"][f"net.{key}"], value), key

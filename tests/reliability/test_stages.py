@@ -9,6 +9,7 @@ The runs are ``tiny.yaml`` through ``bnn fit`` in this process (4 steps an epoch
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,13 @@ from reliability_helpers import (
     tiny_net,
 )
 
+from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli import main
 from bnn_lightning.module import BNNClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-STAGE1 = ("--model.net.init_args.mode", "binary_activations")
+STAGE1 = ("--model.net.init_args.mode", "binary_activations", "--threads", "1")  # as in every test
 
 
 def stage2_args(tree: Path, run: Path, stage1: Path, *extra: str, **faults: int) -> list[str]:
@@ -61,6 +63,27 @@ def test_9_stage2_resumes_with_ckpt_path_last_after_the_stage1_file_is_deleted(
     main([*stage2_args(image_tree, run, stage1), "--ckpt_path", "last"])
     assert sorted(recorded_losses(run)) == [7, 8]
     assert run_differences(reference, run) == {}
+
+
+def test_9_last_ckpt_of_a_finished_stage1_holds_its_final_weights_and_extends_exactly(
+    image_tree: Path, stage1_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Stage 1 ran 4 steps with checkpoints every 3: its ``last.ckpt`` (what stage 2 starts
+    from) is step 4's, and a longer run resumed from it ends like one that never stopped."""
+    run = stage1_checkpoint.parents[1]
+    saved = read_checkpoint(stage1_checkpoint)
+    assert saved["global_step"] == 4
+    for key, value in torch.load(run / "rec" / "final.pt", weights_only=True).items():
+        assert torch.equal(saved["state_dict"][f"net.{key}"], value), key
+    longer = tmp_path / "longer"
+    shutil.copytree(run / "checkpoints", longer / "checkpoints")
+    main(
+        [*fit_args(image_tree, longer, *STAGE1, "--trainer.max_epochs", "2"), "--ckpt_path", "last"]
+    )
+    reference = tmp_path / "reference"
+    main(fit_args(image_tree, reference, *STAGE1, "--trainer.max_epochs", "2"))
+    assert sorted(recorded_losses(longer)) == [5, 6, 7, 8]
+    assert run_differences(reference, longer) == {}
 
 
 def test_10_init_from_names_the_source_and_target_modes_and_quantizers(

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 import gpu_parts  # noqa: E402
 import gpu_report  # noqa: E402
+import gpu_setup  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -115,11 +116,25 @@ def test_find_archive_looks_in_bnn_data_dir_then_the_checkout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BNN_DATA_DIR", str(tmp_path / "env"))
-    assert gpu_check.find_archive(tmp_path) is None
+    assert gpu_setup.find_archive(tmp_path) is None
     for folder in ("data", ".gpu/data", "env"):  # each found folder wins over the ones before
         (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / gpu_check.ARCHIVE).write_bytes(b"")
-        assert gpu_check.find_archive(tmp_path) == tmp_path / folder / gpu_check.ARCHIVE
+        (tmp_path / folder / gpu_setup.ARCHIVE).write_bytes(b"")
+        assert gpu_setup.find_archive(tmp_path) == tmp_path / folder / gpu_setup.ARCHIVE
+
+
+def test_missing_packages_without_wheels_are_one_error_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "torchdata" else find_spec(name)
+    )
+    with pytest.raises(SystemExit, match=r"needs torchdata: .*\(`make gpu-bundle`\)"):
+        gpu_setup.ensure_packages(tmp_path)
 
 
 def test_parts_at_toy_size_make_a_complete_report(tmp_path: Path) -> None:
@@ -144,6 +159,7 @@ def test_parts_at_toy_size_make_a_complete_report(tmp_path: Path) -> None:
     }
     assert results["data"]["batches"] == gpu_parts.DRY.data_batches
     assert (results["data"]["train_images"], results["data"]["val_images"]) == (100, 20)
+    assert results["data"]["uint8_images_on"] == "cpu"  # the device-side path, on this device
     run = results["run"]
     assert run["epochs_done"] == 1 and run["steps"] == 100 // 16 and not run["stopped_early"]
     assert 0 <= run["final"]["val/acc_top1"] <= 1 and len(run["epochs"]) == 1

@@ -37,7 +37,7 @@ def labels() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
-def test_label_smoothing_matches_the_seed_formula(logits, labels, eps):
+def test_label_smoothing_matches_holmesshuan_formula(logits, labels, eps):
     one_hot = F.one_hot(labels, C).float()
     target = (1 - eps) * one_hot + eps / C
     expected = (-target * logits.log_softmax(1)).sum(1).mean()

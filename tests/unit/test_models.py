@@ -131,7 +131,7 @@ def test_block_counts_and_widths() -> None:
         ("v3", [(nn.Conv2d, 1), (nn.BatchNorm2d, None), (nn.AvgPool2d, (3, 2, 1))]),
     ],
 )
-def test_downsample_follows_seed_order(version: str, order: list[tuple[type, Any]]) -> None:
+def test_downsample_follows_holmesshuan_order(version: str, order: list[tuple[type, Any]]) -> None:
     basic = BinaryResNet("resnet18", width=8, downsample=version).stages[1][0].downsample
     bottleneck = BinaryResNet("resnet50", width=8, downsample=version).stages[1][0].branch
     for seq in (basic, bottleneck):
@@ -143,7 +143,7 @@ def test_downsample_follows_seed_order(version: str, order: list[tuple[type, Any
                 assert (m.kernel_size, m.stride, m.padding) == arg
 
 
-def test_bottleneck_has_the_seed_sizes() -> None:
+def test_bottleneck_has_the_holmesshuan_sizes() -> None:
     model = BinaryResNet("resnet50", width=64)
     first, down, plain = model.stages[0][0], model.stages[1][0], model.stages[1][1]
     for block, cin, planes in ((first, 64, 64), (down, 256, 128), (plain, 512, 128)):
@@ -162,7 +162,7 @@ def test_bottleneck_has_the_seed_sizes() -> None:
 
 @pytest.mark.parametrize("attention", ["none", "se", "eca", "cbam"])
 @pytest.mark.parametrize(("cin", "cout", "stride"), [(8, 8, 1), (8, 16, 2)])
-def test_basic_block_computes_the_seed_formula(
+def test_basic_block_computes_the_holmesshuan_formula(
     attention: str, cin: int, cout: int, stride: int
 ) -> None:
     block = BasicBlock(cin, cout, stride, BlockOptions(attention=attention)).eval()

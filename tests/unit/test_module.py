@@ -190,7 +190,7 @@ def test_torchvision_teacher_from_a_weights_file(tmp_path):
 def test_checkpoint_files_are_read_weights_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "callable": print}, path)
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match=r"refers to the Python object print.*refused unread"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")

@@ -94,7 +94,7 @@ def test_magnitude_aware_sign_scale_and_gradient() -> None:
     torch.testing.assert_close(grad, scale * (w.abs() <= 1.0).float())
 
 
-def test_leaky_clip_and_clamp_match_the_seed() -> None:
+def test_leaky_clip_and_clamp_match_holmesshuan() -> None:
     y, grad = _grad(q.LeakyClip(), GRID)
     outside = GRID.abs() > 1
     expected = torch.where(outside, 0.1 * GRID + 0.9 * torch.sign(GRID), GRID)
