@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnn_lightning import fused_cpu
+
 __all__ = ["magnitude_aware_sign", "pack_codes", "ste_sign_conv2d", "unpack_codes"]
 
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -108,6 +110,8 @@ def unpack_codes(packed: Tensor, numel: int) -> Tensor:
 def sign_and_codes(x: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``sign(x)`` in ``dtype`` (``sign(0) = sign(-0.0) = +1``) and the packed codes
     ``1[x >= 0] + 2 * 1[|x| <= clip]`` of ``x`` (dense) in its memory order."""
+    if x.dtype == dtype and fused_cpu.usable(x.device, dtype):
+        return fused_cpu.sign_codes(x, clip)
     positive = torch.ge(x, 0, out=torch.empty_like(x, dtype=dtype))
     inside = torch.abs(x, out=torch.empty_like(positive, dtype=x.dtype)).le_(clip)
     padded = _padded(x.numel(), x.device)
@@ -163,9 +167,9 @@ class _SteSignConv2dFn(torch.autograd.Function):
         b = None if bias is None else bias.detach().to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             out = F.conv2d(sign, w, b, stride, padding, dilation, groups)
-        if weight_scale is None:
+        if weight_scale is None or w.element_size() <= 2:
             ctx.save_for_backward(packed, w, None)
-        else:  # w = +-weight_scale: keep its signs, a byte each
+        else:  # w = +-weight_scale in 4 bytes or more: keep its signs, a byte each
             ints = _bits(dtype)[0]
             negative = w.view(ints).bitwise_right_shift(8 * w.element_size() - 1).to(torch.int8)
             ctx.save_for_backward(packed, negative, weight_scale.detach().to(dtype))
@@ -183,7 +187,13 @@ class _SteSignConv2dFn(torch.autograd.Function):
         if weight_scale is not None:  # the weight from its signs, bit for bit
             w = torch.copysign(weight_scale, w.to(dtype))
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        sign, inside = _from_codes(packed, ctx.layout)
+        shape, strides, dtype = ctx.layout
+        kernel = fused_cpu.usable(packed.device, dtype)
+        if kernel:
+            sign = torch.empty_strided(shape, strides, dtype=dtype, device=packed.device)
+            fused_cpu.codes_backward(packed, sign, None)
+        else:
+            sign, inside = _from_codes(packed, ctx.layout)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out.to(w.dtype),
             sign,
@@ -198,7 +208,11 @@ class _SteSignConv2dFn(torch.autograd.Function):
             [need_x, need_w, need_b and b_dtype is not None],
         )
         if grad_x is not None:  # grad * 1[|x| <= clip]
-            grad_x.view(inside.dtype).bitwise_and_(inside)
+            if kernel and grad_x.stride() == strides:
+                fused_cpu.codes_backward(packed, None, grad_x)
+            else:
+                inside = _from_codes(packed, ctx.layout)[1]
+                grad_x.view(inside.dtype).bitwise_and_(inside)
             grad_x = grad_x.to(x_dtype)
         if grad_w is not None:
             grad_w = grad_w.to(w_dtype)

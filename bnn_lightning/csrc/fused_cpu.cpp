@@ -1,0 +1,104 @@
+// One-pass CPU kernels of bnn_lightning's fused binary conv: see bnn_lightning/fused_cpu.py.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cstring>
+
+namespace {
+
+constexpr uint64_t kHigh = 0x8000800080008000ULL;  // bit 15 of each 16-bit lane
+constexpr uint64_t kGather = (1ULL << 56) | (1ULL << 42) | (1ULL << 28) | (1ULL << 14);
+constexpr int64_t kGrain = 16384;
+
+inline uint64_t lanes(uint64_t v) { return v * 0x0001000100010001ULL; }
+
+// Bit 15 of each lane set where the lane (below 0x8000) is at most the limit's lane.
+inline uint64_t at_most(uint64_t value, uint64_t limit) {
+  return ((limit | kHigh) - value) & kHigh;
+}
+
+struct Word {
+  uint64_t sign;
+  uint8_t codes;
+};
+
+// Four 2-byte floats: sign (+1 for x >= 0, -0.0 included; -1 below and for NaN), and the codes
+// 1[x >= 0] | 1[|x| <= clip] << 1 of element k at bits 2k.
+inline Word encode(uint64_t v, uint64_t infinity, uint64_t clip, uint64_t minus_one) {
+  const uint64_t magnitude = v & ~kHigh;
+  const uint64_t number = at_most(magnitude, infinity);
+  const uint64_t zero = at_most(magnitude, 0);
+  const uint64_t positive = number & (~v | zero) & kHigh;
+  const uint64_t inside = at_most(magnitude, clip);
+  const uint64_t gathered =
+      (((positive >> 15) * kGather) >> 56) | (((inside >> 15) * kGather) >> 55);
+  return {minus_one ^ positive, static_cast<uint8_t>(gathered)};
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t clip,
+                                      int64_t one) {
+  const int64_t n = x.numel();
+  auto sign = torch::empty_like(x);
+  auto packed = torch::empty({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
+  const uint8_t* in = static_cast<const uint8_t*>(x.data_ptr());
+  uint8_t* out = static_cast<uint8_t*>(sign.data_ptr());
+  uint8_t* codes = packed.data_ptr<uint8_t>();
+  const uint64_t inf4 = lanes(infinity), clip4 = lanes(clip), minus4 = lanes(one | 0x8000);
+  const int64_t words = n / 4;
+  at::parallel_for(0, words, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      uint64_t v;
+      std::memcpy(&v, in + 8 * w, 8);
+      const Word word = encode(v, inf4, clip4, minus4);
+      std::memcpy(out + 8 * w, &word.sign, 8);
+      codes[w] = word.codes;
+    }
+  });
+  const int64_t tail = n - 4 * words;
+  if (tail) {  // the last 1-3 elements, zero-padded to a word
+    uint64_t v = 0;
+    std::memcpy(&v, in + 8 * words, 2 * tail);
+    const Word word = encode(v, inf4, clip4, minus4);
+    std::memcpy(out + 8 * words, &word.sign, 2 * tail);
+    codes[words] = word.codes & static_cast<uint8_t>((1 << (2 * tail)) - 1);
+  }
+  return {sign, packed};
+}
+
+// The +-1 input rebuilt from the codes into sign (if given), and grad (if given, same memory
+// order) zeroed where the codes say |x| > clip. Dense 2-byte floats of numel elements.
+void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
+                    c10::optional<torch::Tensor> grad, int64_t numel, int64_t one) {
+  uint64_t signs[256], masks[256];
+  for (int b = 0; b < 256; ++b) {
+    signs[b] = masks[b] = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int code = (b >> (2 * k)) & 3;
+      signs[b] |= static_cast<uint64_t>((code & 1) ? one : (one | 0x8000)) << (16 * k);
+      masks[b] |= static_cast<uint64_t>((code & 2) ? 0xFFFF : 0) << (16 * k);
+    }
+  }
+  const uint8_t* codes = packed.data_ptr<uint8_t>();
+  uint8_t* s = sign.has_value() ? static_cast<uint8_t*>(sign->data_ptr()) : nullptr;
+  uint8_t* g = grad.has_value() ? static_cast<uint8_t*>(grad->data_ptr()) : nullptr;
+  auto word = [&](int64_t w, int64_t bytes) {
+    if (s) std::memcpy(s + 8 * w, &signs[codes[w]], bytes);
+    if (g) {
+      uint64_t v = 0;
+      std::memcpy(&v, g + 8 * w, bytes);
+      v &= masks[codes[w]];
+      std::memcpy(g + 8 * w, &v, bytes);
+    }
+  };
+  const int64_t words = numel / 4;
+  at::parallel_for(0, words, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) word(w, 8);
+  });
+  if (numel % 4) word(words, 2 * (numel % 4));
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("sign_codes", &sign_codes, "sign(x) and its packed 2-bit codes");
+  m.def("codes_backward", &codes_backward, "the +-1 input and the STE mask from the codes");
+}

@@ -1,0 +1,84 @@
+"""One-pass CPU kernels for the fused binary conv's sign and 2-bit codes (bf16 and fp16).
+
+:mod:`bnn_lightning.fused` computes ``sign(x)`` and the packed codes ``1[x >= 0] + 2 *
+1[|x| <= clip]`` with ATen ops, about ten passes over the activations in forward and seven in
+backward; on a CPU that is most of what a binary training step costs beyond a float one. These two
+kernels make one pass each, on the bits of 2-byte floats, four elements in a 64-bit word:
+
+* ``sign_codes``: reads ``x``, writes ``sign(x)`` (+-1) and the codes, four to a byte.
+* ``codes_backward``: reads the codes, writes the +-1 input that the weight gradient needs and
+  zeroes the input gradient where ``|x| > clip`` (in place), from two 256-entry tables.
+
+Exactly the values of the ATen path (tested bit for bit): ``x >= 0`` is true for ``+-0`` and
+false for NaN, ``|x| <= clip`` compares with ``clip`` rounded to the dtype, as ATen does.
+
+They are built from ``csrc/fused_cpu.cpp`` once per machine with ``torch.utils.cpp_extension.load``
+(a C++ compiler is needed; about a minute; cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``). Without a compiler, or with ``BNN_CPU_KERNELS=0``, the ATen path
+runs instead, with the same values.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+__all__ = ["codes_backward", "kernels", "sign_codes", "usable"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "fused_cpu.cpp"
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def kernels() -> Any | None:
+    """The compiled kernels, built on first use; None where they cannot be (see the module)."""
+    if os.environ.get("BNN_CPU_KERNELS", "1") == "0" or sys.byteorder != "little":
+        return None
+    from torch.utils.cpp_extension import load
+
+    rank_zero_info("Loading the fused binary-conv CPU kernels (built once per machine: a minute).")
+    try:
+        return load("bnn_lightning_fused_cpu", [str(_SOURCE)], extra_cflags=["-O3"])
+    except Exception as error:  # no compiler, no write access: the ATen path does the same
+        rank_zero_warn(f"Fused CPU kernels unavailable ({type(error).__name__}); using ATen ops.")
+        return None
+
+
+def _built() -> Any:
+    module = kernels()
+    if module is None:
+        raise RuntimeError("The fused CPU kernels are not built; check usable() first.")
+    return module
+
+
+@functools.cache
+def _bits(value: float, dtype: torch.dtype) -> int:
+    return int(torch.tensor(value, dtype=dtype).view(torch.int16))
+
+
+def usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernels handle ``dtype`` tensors on ``device`` (CPU, bf16 or fp16) and are
+    built (the first call builds them)."""
+    return device.type == "cpu" and dtype in _DTYPES and kernels() is not None
+
+
+def sign_codes(x: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """``(sign(x), packed codes)`` of a dense 2-byte float tensor, in its memory order."""
+    infinity, one = _bits(float("inf"), x.dtype), _bits(1.0, x.dtype)
+    sign, packed = _built().sign_codes(x, infinity, _bits(clip, x.dtype), one)
+    return sign, packed
+
+
+def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> None:
+    """Write the +-1 input into ``sign`` and zero ``grad`` where ``|x| > clip`` (in place; both
+    dense 2-byte floats in the codes' memory order, either may be None)."""
+    like = sign if sign is not None else grad
+    assert like is not None
+    _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
