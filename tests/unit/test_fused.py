@@ -48,6 +48,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "aten":
         monkeypatch.setattr(fused_cpu, "usable", lambda device, dtype: False)
         monkeypatch.setattr(fused_cpu, "weights_usable", lambda w, dtype: False)
+        monkeypatch.setattr(fused_cpu, "prelu_usable", lambda x, other, slope: False)
     elif fused_cpu.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
     return str(request.param)
