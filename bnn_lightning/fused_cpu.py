@@ -1,4 +1,4 @@
-"""One-pass CPU kernels for the fused binary conv's sign and 2-bit codes (bf16 and fp16).
+"""One-pass CPU kernels for the binary training step (bf16, fp16 and fp32).
 
 :mod:`bnn_lightning.fused` computes ``sign(x)`` and the packed codes ``1[x >= 0] + 2 *
 1[|x| <= clip]`` with ATen ops, about ten passes over the activations in forward and seven in
@@ -45,6 +45,7 @@ __all__ = [
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_cpu.cpp"
 _DTYPES = (torch.bfloat16, torch.float16)
+_FLOATS = (*_DTYPES, torch.float32)
 _LAST = torch.channels_last  # keeps the output channel outermost in memory
 
 
@@ -76,15 +77,18 @@ def _bits(value: float, dtype: torch.dtype) -> int:
 
 
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernels handle ``dtype`` tensors on ``device`` (CPU, bf16 or fp16) and are
-    built (the first call builds them)."""
-    return device.type == "cpu" and dtype in _DTYPES and kernels() is not None
+    """Whether the kernels handle ``dtype`` tensors on ``device`` (CPU; bf16, fp16 or fp32)
+    and are built (the first call builds them)."""
+    return device.type == "cpu" and dtype in _FLOATS and kernels() is not None
 
 
 def sign_codes(x: Tensor, clip: float) -> tuple[Tensor, Tensor]:
-    """``(sign(x), packed codes)`` of a dense 2-byte float tensor, in its memory order."""
-    infinity, one = _bits(float("inf"), x.dtype), _bits(1.0, x.dtype)
-    sign, packed = _built().sign_codes(x, infinity, _bits(clip, x.dtype), one)
+    """``(sign(x), packed codes)`` of a dense float tensor, in its memory order."""
+    if x.dtype == torch.float32:
+        sign, packed = _built().sign_codes_float(x, clip)
+    else:
+        infinity, one = _bits(float("inf"), x.dtype), _bits(1.0, x.dtype)
+        sign, packed = _built().sign_codes(x, infinity, _bits(clip, x.dtype), one)
     return sign, packed
 
 
@@ -93,7 +97,10 @@ def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> 
     dense 2-byte floats in the codes' memory order, either may be None)."""
     like = sign if sign is not None else grad
     assert like is not None
-    _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
+    if like.dtype == torch.float32:
+        _built().codes_backward_float(packed, sign, grad, like.numel())
+    else:
+        _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
 
 
 def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:
@@ -102,7 +109,7 @@ def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:
     return (
         w.device.type == "cpu"
         and w.dtype == torch.float32
-        and dtype in (*_DTYPES, torch.float32)
+        and dtype in _FLOATS
         and w.dim() > 0
         and (w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=_LAST)))
         and kernels() is not None
@@ -132,11 +139,11 @@ def _inner(t: Tensor) -> int | None:
 
 
 def prelu_usable(x: Tensor, other: Tensor, slope: Tensor) -> bool:
-    """Whether :func:`add_prelu` handles these (CPU, bf16/fp16 of one layout, a slope each
+    """Whether :func:`add_prelu` handles these (CPU, bf16/fp16/fp32 of one layout, a slope each
     channel or one) and the kernels are built."""
     return (
         x.device.type == "cpu"
-        and x.dtype in _DTYPES
+        and x.dtype in _FLOATS
         and other.dtype == slope.dtype == x.dtype
         and other.shape == x.shape
         and other.stride() == x.stride()

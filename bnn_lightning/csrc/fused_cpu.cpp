@@ -98,6 +98,43 @@ void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
   if (numel % 4) word(words, 2 * (numel % 4));
 }
 
+// The same two kernels for fp32, element by element.
+std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
+  const int64_t n = x.numel();
+  auto sign = torch::empty_like(x);
+  auto packed = torch::zeros({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
+  const float* in = x.data_ptr<float>();
+  float* out = sign.data_ptr<float>();
+  uint8_t* codes = packed.data_ptr<uint8_t>();
+  const float limit = static_cast<float>(clip);
+  at::parallel_for(0, (n + 3) / 4, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      uint8_t byte = 0;
+      for (int64_t j = 4 * b; j < std::min(n, 4 * b + 4); ++j) {
+        const bool positive = in[j] >= 0.0f, inside = std::abs(in[j]) <= limit;
+        out[j] = positive ? 1.0f : -1.0f;
+        byte |= static_cast<uint8_t>((positive | (inside << 1)) << (2 * (j - 4 * b)));
+      }
+      codes[b] = byte;
+    }
+  });
+  return {sign, packed};
+}
+
+void codes_backward_float(torch::Tensor packed, c10::optional<torch::Tensor> sign,
+                          c10::optional<torch::Tensor> grad, int64_t numel) {
+  const uint8_t* codes = packed.data_ptr<uint8_t>();
+  float* s = sign.has_value() ? sign->data_ptr<float>() : nullptr;
+  float* g = grad.has_value() ? grad->data_ptr<float>() : nullptr;
+  at::parallel_for(0, numel, 4 * kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int code = (codes[j >> 2] >> (2 * (j & 3))) & 3;
+      if (s) s[j] = (code & 1) ? 1.0f : -1.0f;
+      if (g && !(code & 2)) g[j] = 0.0f;
+    }
+  });
+}
+
 // MagnitudeAwareSign's binary weight: out[i] = +scale[c] where w[i] >= 0 (-0.0 included), else
 // -scale[c] (NaN included), for w fp32 with output channel c outermost in memory (K elements
 // each); scale holds the bits of the per-channel scale in the output's 2- or 4-byte format.
@@ -155,8 +192,8 @@ torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor w, torch::Tensor sca
   return out;
 }
 
-// PReLU of a residual sum, in bf16 or fp16 with ATen's arithmetic (each result rounded to the
-// format once, from float): z = x + shortcut; out = z > 0 ? z : slope[c] * z. The channel of
+// PReLU of a residual sum, in bf16, fp16 or fp32 with ATen's arithmetic (each result rounded
+// to the format once, from float; the caller keeps fp64 on ATen): z = x + shortcut; out = z > 0 ? z : slope[c] * z. The channel of
 // flat index i is (i / inner) % channels: inner = 1 for channels-last, H * W for NCHW.
 template <typename T, typename F>
 void per_channel(int64_t n, int64_t inner, int64_t channels, const F& body) {
@@ -176,7 +213,7 @@ std::vector<torch::Tensor> add_prelu(torch::Tensor x, torch::Tensor shortcut, to
                                      int64_t inner) {
   auto z = torch::empty_like(x), out = torch::empty_like(x);
   const int64_t n = x.numel(), channels = slope.numel();
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "add_prelu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_prelu", [&] {
     const scalar_t *a = x.data_ptr<scalar_t>(), *b = shortcut.data_ptr<scalar_t>();
     const scalar_t* w = slope.data_ptr<scalar_t>();
     scalar_t *zp = z.data_ptr<scalar_t>(), *op = out.data_ptr<scalar_t>();
@@ -195,7 +232,7 @@ std::vector<torch::Tensor> add_prelu_backward(torch::Tensor z, torch::Tensor gra
                                               torch::Tensor slope, int64_t inner) {
   auto grad_z = torch::empty_like(z), full = torch::empty_like(z);
   const int64_t n = z.numel(), channels = slope.numel();
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(z.scalar_type(), "add_prelu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "add_prelu_bwd", [&] {
     const scalar_t *zp = z.data_ptr<scalar_t>(), *g = grad.data_ptr<scalar_t>();
     const scalar_t* w = slope.data_ptr<scalar_t>();
     scalar_t *gz = grad_z.data_ptr<scalar_t>(), *fp = full.data_ptr<scalar_t>();
@@ -209,6 +246,8 @@ std::vector<torch::Tensor> add_prelu_backward(torch::Tensor z, torch::Tensor gra
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
+  m.def("codes_backward_float", &codes_backward_float, "codes_backward for fp32");
   m.def("add_prelu", &add_prelu, "prelu(x + shortcut) and the sum");
   m.def("add_prelu_backward", &add_prelu_backward, "its input and per-element slope gradients");
   m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");

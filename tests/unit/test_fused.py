@@ -97,7 +97,7 @@ def test_sign_and_codes(dtype: torch.dtype) -> None:
     assert unpack_codes(packed, x.numel()).tolist() == [0, 2, 2, 3, 3, 3, 3, 1, 1]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("numel", [1, 3, 4, 13, 4099])
 @pytest.mark.parametrize("clip", [1.0, 1.302])
 def test_cpu_kernels_equal_the_aten_ops(dtype: torch.dtype, numel: int, clip: float) -> None:
