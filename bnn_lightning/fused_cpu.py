@@ -58,7 +58,13 @@ def kernels() -> Any | None:
 
     rank_zero_info("Loading the fused binary-conv CPU kernels (built once per machine: a minute).")
     try:
-        return load("bnn_lightning_fused_cpu", [str(_SOURCE)], extra_cflags=["-O3"])
+        # -fopenmp: at::parallel_for splits the work over torch's threads (torch's libgomp)
+        return load(
+            "bnn_lightning_fused_cpu",
+            [str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+        )
     except Exception as error:  # no compiler, no write access: the ATen path does the same
         rank_zero_warn(f"Fused CPU kernels unavailable ({type(error).__name__}); using ATen ops.")
         return None
@@ -73,7 +79,8 @@ def _built() -> Any:
 
 @functools.cache
 def _bits(value: float, dtype: torch.dtype) -> int:
-    return int(torch.tensor(value, dtype=dtype).view(torch.int16))
+    ints = torch.int16 if torch.finfo(dtype).bits == 16 else torch.int32
+    return int(torch.tensor(value, dtype=dtype).view(ints))
 
 
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
@@ -97,10 +104,7 @@ def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> 
     dense 2-byte floats in the codes' memory order, either may be None)."""
     like = sign if sign is not None else grad
     assert like is not None
-    if like.dtype == torch.float32:
-        _built().codes_backward_float(packed, sign, grad, like.numel())
-    else:
-        _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
+    _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
 
 
 def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:

@@ -67,38 +67,55 @@ std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t
 }
 
 // The +-1 input rebuilt from the codes into sign (if given), and grad (if given, same memory
-// order) zeroed where the codes say |x| > clip. Dense 2-byte floats of numel elements.
-void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
-                    c10::optional<torch::Tensor> grad, int64_t numel, int64_t one) {
-  uint64_t signs[256], masks[256];
+// order) zeroed where the codes say |x| > clip: dense floats of Bytes bytes each (2 or 4; one is
+// the bit pattern of 1.0), numel elements. Each code byte stands for Bytes 64-bit-word halves
+// of four elements: two 256-entry tables give their signs and masks.
+template <int Bytes>
+void codes_backward_kernel(const uint8_t* codes, uint8_t* s, uint8_t* g, int64_t numel,
+                           uint64_t one) {
+  constexpr int kWords = Bytes / 2;  // 64-bit words per four elements
+  constexpr int kBits = 8 * Bytes;
+  const uint64_t sign_bit = uint64_t(1) << (kBits - 1), all = (sign_bit << 1) - 1;
+  uint64_t signs[256][kWords], masks[256][kWords];  // read by every worker thread
   for (int b = 0; b < 256; ++b) {
-    signs[b] = masks[b] = 0;
+    for (int w = 0; w < kWords; ++w) signs[b][w] = masks[b][w] = 0;
     for (int k = 0; k < 4; ++k) {
-      const int code = (b >> (2 * k)) & 3;
-      signs[b] |= static_cast<uint64_t>((code & 1) ? one : (one | 0x8000)) << (16 * k);
-      masks[b] |= static_cast<uint64_t>((code & 2) ? 0xFFFF : 0) << (16 * k);
+      const int code = (b >> (2 * k)) & 3, word = (k * Bytes) / 8, shift = (k * kBits) % 64;
+      signs[b][word] |= ((code & 1) ? one : (one | sign_bit)) << shift;
+      masks[b][word] |= ((code & 2) ? all : 0) << shift;
     }
   }
+  auto block = [&](int64_t i, int64_t bytes) {  // the four elements of code byte i
+    const uint8_t code = codes[i];
+    if (s) std::memcpy(s + 4 * Bytes * i, signs[code], bytes);
+    if (g) {
+      uint64_t v[kWords] = {};
+      std::memcpy(v, g + 4 * Bytes * i, bytes);
+      for (int w = 0; w < kWords; ++w) v[w] &= masks[code][w];
+      std::memcpy(g + 4 * Bytes * i, v, bytes);
+    }
+  };
+  const int64_t full = numel / 4;
+  at::parallel_for(0, full, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) block(i, 4 * Bytes);
+  });
+  if (numel % 4) block(full, Bytes * (numel % 4));
+}
+
+void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
+                    c10::optional<torch::Tensor> grad, int64_t numel, int64_t one) {
+  const torch::Tensor& like = sign.has_value() ? *sign : *grad;
   const uint8_t* codes = packed.data_ptr<uint8_t>();
   uint8_t* s = sign.has_value() ? static_cast<uint8_t*>(sign->data_ptr()) : nullptr;
   uint8_t* g = grad.has_value() ? static_cast<uint8_t*>(grad->data_ptr()) : nullptr;
-  auto word = [&](int64_t w, int64_t bytes) {
-    if (s) std::memcpy(s + 8 * w, &signs[codes[w]], bytes);
-    if (g) {
-      uint64_t v = 0;
-      std::memcpy(&v, g + 8 * w, bytes);
-      v &= masks[codes[w]];
-      std::memcpy(g + 8 * w, &v, bytes);
-    }
-  };
-  const int64_t words = numel / 4;
-  at::parallel_for(0, words, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) word(w, 8);
-  });
-  if (numel % 4) word(words, 2 * (numel % 4));
+  if (like.element_size() == 2) {
+    codes_backward_kernel<2>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFF);
+  } else {
+    codes_backward_kernel<4>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFFFFFF);
+  }
 }
 
-// The same two kernels for fp32, element by element.
+// sign_codes for fp32, element by element.
 std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
   const int64_t n = x.numel();
   auto sign = torch::empty_like(x);
@@ -119,20 +136,6 @@ std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
     }
   });
   return {sign, packed};
-}
-
-void codes_backward_float(torch::Tensor packed, c10::optional<torch::Tensor> sign,
-                          c10::optional<torch::Tensor> grad, int64_t numel) {
-  const uint8_t* codes = packed.data_ptr<uint8_t>();
-  float* s = sign.has_value() ? sign->data_ptr<float>() : nullptr;
-  float* g = grad.has_value() ? grad->data_ptr<float>() : nullptr;
-  at::parallel_for(0, numel, 4 * kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int code = (codes[j >> 2] >> (2 * (j & 3))) & 3;
-      if (s) s[j] = (code & 1) ? 1.0f : -1.0f;
-      if (g && !(code & 2)) g[j] = 0.0f;
-    }
-  });
 }
 
 // MagnitudeAwareSign's binary weight: out[i] = +scale[c] where w[i] >= 0 (-0.0 included), else
@@ -247,7 +250,6 @@ std::vector<torch::Tensor> add_prelu_backward(torch::Tensor z, torch::Tensor gra
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
-  m.def("codes_backward_float", &codes_backward_float, "codes_backward for fp32");
   m.def("add_prelu", &add_prelu, "prelu(x + shortcut) and the sum");
   m.def("add_prelu_backward", &add_prelu_backward, "its input and per-element slope gradients");
   m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");

@@ -122,6 +122,32 @@ def test_cpu_kernels_equal_the_aten_ops(dtype: torch.dtype, numel: int, clip: fl
     assert torch.equal(masked, grad.view(inside.dtype).bitwise_and(inside).view(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cpu_kernels_on_several_threads(dtype: torch.dtype) -> None:
+    """Tensors big enough that the kernels split them across threads give the same values."""
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        x = torch.randn(4, 16, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+        sign, packed = fused_cpu.sign_codes(x, 1.0)
+        rebuilt, grad = torch.empty_like(x), torch.randn_like(x)
+        masked = grad.clone()
+        fused_cpu.codes_backward(packed, rebuilt, masked)
+        z, out = fused_cpu.add_prelu(x, grad, torch.full((16,), 0.25, dtype=dtype))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(sign, torch.where(x >= 0, 1.0, -1.0).to(dtype)) and torch.equal(
+        rebuilt, sign
+    )
+    assert torch.equal(masked, torch.where(x.abs() <= 1.0, grad, 0.0).to(dtype))
+    assert torch.equal(
+        out, torch.nn.functional.prelu(x + grad, torch.full((16,), 0.25, dtype=dtype))
+    )
+    assert torch.equal(z, x + grad)
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(
