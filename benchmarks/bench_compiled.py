@@ -17,17 +17,16 @@ minutes on a small CPU.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from typing import Any
 
 import torch
-from bench_binary_vs_float import median_seconds, train_step
+from bench_binary_vs_float import add_ratios, time_row, timed, train_step
 
 from bnn_lightning.models import create_model
 
-BATCH, REPEATS = 128, 3
+BATCH, REPEATS = 128, 7
 SETTING = f"ResNet-18 cifar w64 batch {BATCH} train step, compiled, bf16 autocast + channels_last"
 
 
@@ -44,22 +43,12 @@ def compiled_rows() -> list[dict[str, Any]]:
         step()
         compile_s[mode] = time.perf_counter() - start
         steps[mode] = step
-    times = median_seconds(steps, REPEATS, warmup=1)
+    wall, cpu = timed(steps, REPEATS, warmup=1)
     rows = []
-    for mode, values in times.items():
-        median = statistics.median(values)
-        rows.append(
-            {
-                "setting": SETTING,
-                "mode": mode,
-                "median_ms": 1e3 * median,
-                "spread_ms": f"{1e3 * min(values):.0f}-{1e3 * max(values):.0f}",
-                "items_per_s": BATCH / median,
-                "compile_s": compile_s[mode],
-            }
-        )
-    rows[0]["time_ratio"] = rows[0]["median_ms"] / rows[1]["median_ms"]
-    return rows
+    for mode in steps:
+        row = time_row(SETTING, mode, wall[mode], cpu[mode], BATCH)
+        rows.append({**row, "compile_s": compile_s[mode]})
+    return add_ratios(rows)
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -254,16 +254,20 @@ class _MagnitudeAwareSignFn(torch.autograd.Function):
     def forward(ctx: Any, w: Tensor, clip: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         dims = tuple(range(1, w.dim()))
         scale = w.abs().mean(dim=dims, keepdim=True) if dims else w.abs()
-        signs = w.add(0.0).to(dtype)  # -0.0 + 0.0 = +0.0: sign(-0.0) = +1
         ctx.save_for_backward(w, scale)
         ctx.clip = clip
         scale_dtype = scale.to(dtype)
         ctx.mark_non_differentiable(scale_dtype)
+        if fused_cpu.weights_usable(w, dtype):
+            return fused_cpu.binary_weight(w, scale_dtype), scale_dtype
+        signs = w.add(0.0).to(dtype)  # -0.0 + 0.0 = +0.0: sign(-0.0) = +1
         return torch.copysign(scale_dtype, signs, out=signs), scale_dtype
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None]:
         w, scale = ctx.saved_tensors
+        if fused_cpu.weights_usable(w, grad.dtype) and grad.stride() == w.stride():
+            return fused_cpu.weight_grad(grad, w, scale, ctx.clip), None, None
         grad_w = grad.to(w.dtype, copy=True).mul_(scale)
         edge = _next_up(ctx.clip, w.dtype)  # 0 where w <= -edge or w >= edge: |w| > clip
         hardtanh_backward = torch.ops.aten.hardtanh_backward.grad_input

@@ -30,10 +30,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-__all__ = ["codes_backward", "kernels", "sign_codes", "usable"]
+__all__ = [
+    "add_prelu",
+    "add_prelu_backward",
+    "binary_weight",
+    "codes_backward",
+    "kernels",
+    "prelu_usable",
+    "sign_codes",
+    "usable",
+    "weight_grad",
+    "weights_usable",
+]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_cpu.cpp"
 _DTYPES = (torch.bfloat16, torch.float16)
+_LAST = torch.channels_last  # keeps the output channel outermost in memory
 
 
 @functools.cache
@@ -82,3 +94,65 @@ def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> 
     like = sign if sign is not None else grad
     assert like is not None
     _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
+
+
+def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:
+    """Whether :func:`binary_weight` handles ``w`` (fp32 on CPU, output channel outermost in
+    memory) for a ``dtype`` of bf16, fp16 or fp32, and the kernels are built."""
+    return (
+        w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and dtype in (*_DTYPES, torch.float32)
+        and w.dim() > 0
+        and (w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=_LAST)))
+        and kernels() is not None
+    )
+
+
+def binary_weight(w: Tensor, scale: Tensor) -> Tensor:
+    """``+scale[c]`` where ``w >= 0`` (``-0.0`` included), else ``-scale[c]``, in ``scale``'s
+    dtype and ``w``'s layout (``scale``: one value per output channel)."""
+    ints = torch.int16 if scale.element_size() == 2 else torch.int32
+    bits = scale.reshape(-1).contiguous().view(ints)
+    return _built().binary_weight(w, bits).view(scale.dtype)
+
+
+def weight_grad(grad: Tensor, w: Tensor, scale: Tensor, clip: float) -> Tensor:
+    """``float(grad) * scale[c] * 1[|w| <= clip]`` in fp32 (``grad`` in ``w``'s layout)."""
+    return _built().weight_grad(grad, w, scale.reshape(-1).contiguous(), clip)
+
+
+def _inner(t: Tensor) -> int | None:
+    """Elements per channel block in memory: 1 channels-last, H * W for NCHW, None otherwise."""
+    if t.dim() < 2:
+        return None
+    if t.is_contiguous():
+        return int(torch.Size(t.shape[2:]).numel())
+    return 1 if t.dim() == 4 and t.is_contiguous(memory_format=_LAST) else None
+
+
+def prelu_usable(x: Tensor, other: Tensor, slope: Tensor) -> bool:
+    """Whether :func:`add_prelu` handles these (CPU, bf16/fp16 of one layout, a slope each
+    channel or one) and the kernels are built."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _DTYPES
+        and other.dtype == slope.dtype == x.dtype
+        and other.shape == x.shape
+        and other.stride() == x.stride()
+        and _inner(x) is not None
+        and slope.numel() in (1, x.shape[1])
+        and kernels() is not None
+    )
+
+
+def add_prelu(x: Tensor, shortcut: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x + shortcut, prelu(x + shortcut, slope))`` with ATen's rounding."""
+    z, out = _built().add_prelu(x, shortcut, slope.reshape(-1).contiguous(), _inner(x))
+    return z, out
+
+
+def add_prelu_backward(z: Tensor, grad: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dL/dz, per-element slope gradient)`` of :func:`add_prelu`, as ATen's PReLU backward."""
+    grad_z, full = _built().add_prelu_backward(z, grad, slope.reshape(-1).contiguous(), _inner(z))
+    return grad_z, full

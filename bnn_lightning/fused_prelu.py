@@ -2,17 +2,18 @@
 
 On CPU, ATen's PReLU backward (``_prelu_kernel_backward``) writes the input gradient and a
 full-size slope gradient in one scalar loop; in bf16 it takes about 80x the time of the PReLU
-forward and was the largest elementwise cost of a training step. :class:`AddPReLU` keeps the
-forward ops of ``nn.PReLU(x + shortcut)`` (so autocast casts exactly as it does there) and computes
-the same gradients with vectorised ops:
+forward and was the largest elementwise cost of a training step. :class:`AddPReLU` computes the
+same values as ``nn.PReLU()(x + shortcut)`` under autocast (the sum in the inputs' dtype, then
+autocast's cast of the sum and the slope) and the same gradients:
 
-* ``dL/dz = g`` where ``z > 0``, else ``slope * g`` (a ``lerp`` between the two, exact for a 0/1
-  weight and finite values),
-* ``dL/dslope = sum(g * min(z, 0))`` over every dimension but the channel, reduced with the same
-  ``sum_to_size`` autograd applies to ATen's full-size slope gradient.
+* ``dL/dz = g`` where ``z > 0``, else ``slope * g``;
+* ``dL/dslope = sum(z > 0 ? 0 : z * g)`` over every dimension but the channel, reduced with the
+  same ``sum_to_size`` autograd applies to ATen's full-size slope gradient.
 
-The values are identical to the generic path (tested bit for bit, fp32 and bf16 autocast,
-channels_last), for finite gradients.
+In bf16 and fp16 on CPU the sum and the PReLU are one pass forward and one backward
+(:mod:`bnn_lightning.fused_cpu`); otherwise vectorised ATen ops (a ``lerp`` between ``g`` and
+``slope * g``, exact for a 0/1 weight and finite values). The values are identical to the generic
+path (tested bit for bit, fp32 and bf16 autocast, channels_last), for finite gradients.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bnn_lightning import fused_cpu
 
 __all__ = ["AddPReLU", "add_prelu"]
 
@@ -36,15 +39,16 @@ def _slope_view(weight: Tensor, z: Tensor) -> Tensor:
 class _AddPReLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, shortcut: Tensor, weight: Tensor) -> Tensor:
-        z = x + shortcut
-        device = z.device.type
-        if torch.is_autocast_enabled(device):  # prelu is on autocast's lower-precision list
-            dtype = torch.get_autocast_dtype(device)
-            z, slope = z.to(dtype), weight.to(dtype)
+        device = x.device.type
+        autocast = torch.is_autocast_enabled(device)  # prelu is on its lower-precision list
+        slope = weight.to(torch.get_autocast_dtype(device)) if autocast else weight
+        if fused_cpu.prelu_usable(x, shortcut, slope):  # one pass, the same values
+            z, out = fused_cpu.add_prelu(x, shortcut, slope)
         else:
-            slope = weight
-        with torch.autocast(device, enabled=False):
-            out = F.prelu(z, slope)
+            z = x + shortcut
+            z = z.to(slope.dtype) if autocast else z
+            with torch.autocast(device, enabled=False):
+                out = F.prelu(z, slope)
         ctx.save_for_backward(z, _slope_view(slope, z))
         ctx.weight_meta = (weight.dtype, weight.shape)
         return out
@@ -54,12 +58,16 @@ class _AddPReLUFn(torch.autograd.Function):
         z, slope = ctx.saved_tensors
         grad = grad.to(z.dtype)
         need_x, need_shortcut, need_w = ctx.needs_input_grad
-        grad_z = grad_w = None
-        if need_x or need_shortcut:
+        full: Tensor | None = None
+        if fused_cpu.prelu_usable(z, grad, slope):
+            grad_z, full = fused_cpu.add_prelu_backward(z, grad, slope)
+        else:
             positive = torch.gt(z, 0, out=torch.empty_like(z))
             grad_z = torch.lerp(grad * slope, grad, positive)
-        if need_w:
-            full = z.clamp(max=0).mul_(grad)
+            if need_w:
+                full = z.clamp(max=0).mul_(grad)
+        grad_w = None
+        if full is not None and need_w:
             dtype, shape = ctx.weight_meta
             grad_w = full.sum_to_size(slope.shape).reshape(shape).to(dtype)
         return (

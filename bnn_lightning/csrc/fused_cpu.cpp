@@ -98,7 +98,121 @@ void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
   if (numel % 4) word(words, 2 * (numel % 4));
 }
 
+// MagnitudeAwareSign's binary weight: out[i] = +scale[c] where w[i] >= 0 (-0.0 included), else
+// -scale[c] (NaN included), for w fp32 with output channel c outermost in memory (K elements
+// each); scale holds the bits of the per-channel scale in the output's 2- or 4-byte format.
+template <typename Bits>
+void binary_weight_kernel(const float* w, const Bits* scale, Bits* out, int64_t channels,
+                          int64_t per_channel) {
+  constexpr Bits kSign = Bits(1) << (8 * sizeof(Bits) - 1);
+  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const Bits plus = scale[c], minus = scale[c] ^ kSign;
+      const float* in = w + c * per_channel;
+      Bits* o = out + c * per_channel;
+      for (int64_t i = 0; i < per_channel; ++i) o[i] = in[i] >= 0.0f ? plus : minus;
+    }
+  });
+}
+
+torch::Tensor binary_weight(torch::Tensor w, torch::Tensor scale_bits) {
+  auto out = torch::empty_like(w, w.options().dtype(scale_bits.scalar_type()));
+  const int64_t channels = w.size(0), per_channel = w.numel() / w.size(0);
+  const float* in = w.data_ptr<float>();
+  if (scale_bits.element_size() == 2) {
+    binary_weight_kernel(in, static_cast<const uint16_t*>(scale_bits.data_ptr()),
+                         static_cast<uint16_t*>(out.data_ptr()), channels, per_channel);
+  } else {
+    binary_weight_kernel(in, static_cast<const uint32_t*>(scale_bits.data_ptr()),
+                         static_cast<uint32_t*>(out.data_ptr()), channels, per_channel);
+  }
+  return out;
+}
+
+// MagnitudeAwareSign's latent gradient: grad[i] * scale[c] where |w[i]| <= clip, else 0, in fp32
+// (grad in bf16, fp16 or fp32, converted exactly; one rounding, as float(grad) * scale).
+template <typename Grad>
+void weight_grad_kernel(const Grad* grad, const float* w, const float* scale, float* out,
+                        float clip, int64_t channels, int64_t per_channel) {
+  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float s = scale[c];
+      const int64_t first = c * per_channel;
+      for (int64_t i = first; i < first + per_channel; ++i) {
+        out[i] = std::abs(w[i]) <= clip ? static_cast<float>(grad[i]) * s : 0.0f;
+      }
+    }
+  });
+}
+
+torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor w, torch::Tensor scale, double clip) {
+  auto out = torch::empty_like(w);
+  const int64_t channels = w.size(0), per_channel = w.numel() / w.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "weight_grad", [&] {
+    weight_grad_kernel(grad.data_ptr<scalar_t>(), w.data_ptr<float>(), scale.data_ptr<float>(),
+                       out.data_ptr<float>(), static_cast<float>(clip), channels, per_channel);
+  });
+  return out;
+}
+
+// PReLU of a residual sum, in bf16 or fp16 with ATen's arithmetic (each result rounded to the
+// format once, from float): z = x + shortcut; out = z > 0 ? z : slope[c] * z. The channel of
+// flat index i is (i / inner) % channels: inner = 1 for channels-last, H * W for NCHW.
+template <typename T, typename F>
+void per_channel(int64_t n, int64_t inner, int64_t channels, const F& body) {
+  at::parallel_for(0, n / inner, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
+    for (int64_t block = b; block < e; ++block) {
+      if (inner == 1) {
+        body(block, block % channels);
+      } else {
+        const int64_t c = block % channels;
+        for (int64_t i = block * inner; i < (block + 1) * inner; ++i) body(i, c);
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> add_prelu(torch::Tensor x, torch::Tensor shortcut, torch::Tensor slope,
+                                     int64_t inner) {
+  auto z = torch::empty_like(x), out = torch::empty_like(x);
+  const int64_t n = x.numel(), channels = slope.numel();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "add_prelu", [&] {
+    const scalar_t *a = x.data_ptr<scalar_t>(), *b = shortcut.data_ptr<scalar_t>();
+    const scalar_t* w = slope.data_ptr<scalar_t>();
+    scalar_t *zp = z.data_ptr<scalar_t>(), *op = out.data_ptr<scalar_t>();
+    per_channel<scalar_t>(n, inner, channels, [&](int64_t i, int64_t c) {
+      const scalar_t sum = static_cast<float>(a[i]) + static_cast<float>(b[i]);
+      zp[i] = sum;
+      op[i] = sum > scalar_t(0) ? sum : scalar_t(static_cast<float>(w[c]) * static_cast<float>(sum));
+    });
+  });
+  return {z, out};
+}
+
+// Its backward, as ATen's PReLU backward: grad_z = z > 0 ? g : slope[c] * g; the slope's
+// per-element gradient z > 0 ? 0 : z * g (summed per channel by the caller, as autograd does).
+std::vector<torch::Tensor> add_prelu_backward(torch::Tensor z, torch::Tensor grad,
+                                              torch::Tensor slope, int64_t inner) {
+  auto grad_z = torch::empty_like(z), full = torch::empty_like(z);
+  const int64_t n = z.numel(), channels = slope.numel();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(z.scalar_type(), "add_prelu_backward", [&] {
+    const scalar_t *zp = z.data_ptr<scalar_t>(), *g = grad.data_ptr<scalar_t>();
+    const scalar_t* w = slope.data_ptr<scalar_t>();
+    scalar_t *gz = grad_z.data_ptr<scalar_t>(), *fp = full.data_ptr<scalar_t>();
+    per_channel<scalar_t>(n, inner, channels, [&](int64_t i, int64_t c) {
+      const bool positive = zp[i] > scalar_t(0);
+      gz[i] = positive ? g[i] : scalar_t(static_cast<float>(w[c]) * static_cast<float>(g[i]));
+      fp[i] = positive ? scalar_t(0) : scalar_t(static_cast<float>(zp[i]) * static_cast<float>(g[i]));
+    });
+  });
+  return {grad_z, full};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("add_prelu", &add_prelu, "prelu(x + shortcut) and the sum");
+  m.def("add_prelu_backward", &add_prelu_backward, "its input and per-element slope gradients");
+  m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");
+  m.def("weight_grad", &weight_grad, "MagnitudeAwareSign's latent-weight gradient");
   m.def("sign_codes", &sign_codes, "sign(x) and its packed 2-bit codes");
   m.def("codes_backward", &codes_backward, "the +-1 input and the STE mask from the codes");
 }

@@ -47,6 +47,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     """Run a test with the one-pass CPU kernels and again with the ATen ops alone."""
     if request.param == "aten":
         monkeypatch.setattr(fused_cpu, "usable", lambda device, dtype: False)
+        monkeypatch.setattr(fused_cpu, "weights_usable", lambda w, dtype: False)
+        monkeypatch.setattr(fused_cpu, "prelu_usable", lambda x, other, slope: False)
     elif fused_cpu.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
     return str(request.param)
@@ -162,7 +164,9 @@ def test_fused_conv_equals_the_generic_path(
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("clip", [1.0, 0.3, 1.302])
-def test_fused_weight_sign_equals_magnitude_aware_sign(dtype: torch.dtype, clip: float) -> None:
+def test_fused_weight_sign_equals_magnitude_aware_sign(
+    path: str, dtype: torch.dtype, clip: float
+) -> None:
     """Only the weight is binary (``binary_weights`` mode); clips that ``dtype`` rounds."""
     fused = L.BinaryConv2d(3, 5, 3, input_quantizer=None, weight_quantizer=MagnitudeAwareSign(clip))
     with torch.no_grad():  # every value of dtype around the clip

@@ -6,7 +6,18 @@ import pytest
 import torch
 from torch import nn
 
+from bnn_lightning import fused_cpu
 from bnn_lightning.fused_prelu import AddPReLU
+
+
+@pytest.fixture(params=["cpu_kernels", "aten"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the one-pass CPU kernels and again with the ATen ops alone."""
+    if request.param == "aten":
+        monkeypatch.setattr(fused_cpu, "prelu_usable", lambda x, other, slope: False)
+    elif fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    return str(request.param)
 
 
 def _inputs(channels: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,17 +31,24 @@ def _inputs(channels: int, channels_last: bool) -> tuple[torch.Tensor, torch.Ten
     return x, shortcut
 
 
-@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize(
+    ("autocast", "inputs"),
+    [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16), (True, torch.float16)],
+)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("channels", [4, 1])
 def test_add_prelu_equals_prelu_of_the_sum(
-    autocast: bool, channels_last: bool, channels: int
+    path: str, autocast: bool, inputs: torch.dtype, channels_last: bool, channels: int
 ) -> None:
+    """fp32 inputs; under autocast also 2-byte ones, as a block's conv output and shortcut are
+    (the CPU kernels' case; fp16 inputs with bf16 autocast take the ATen path)."""
     fused, plain = AddPReLU(channels), nn.PReLU(channels)
     with torch.no_grad():
         fused.weight.copy_(torch.linspace(-0.5, 0.75, channels))
     plain.load_state_dict(fused.state_dict())
-    x, shortcut = _inputs(4, channels_last)
+    x, shortcut = (t.to(inputs) for t in _inputs(4, channels_last))
+    if path == "cpu_kernels" and inputs == torch.bfloat16:
+        assert fused_cpu.prelu_usable(x, shortcut, fused.weight.to(inputs))
     upstream = torch.randn_like(x)
     results = []
     for run in ("fused", "plain"):
