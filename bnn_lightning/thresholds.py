@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from bnn_lightning.fused_prelu import AddPReLU
 from bnn_lightning.quantizers import Quantizer, QuantizerSpec, get_quantizer
 
 __all__ = ["RPReLU", "RSign"]
@@ -81,11 +82,13 @@ class RSign(Quantizer):
         return f"{self.channels}"
 
 
-class RPReLU(nn.PReLU):
+class RPReLU(AddPReLU):
     r"""ReActNet's PReLU with learnable shifts before and after: ``PReLU_c(x - gamma_c) + zeta_c``.
 
     ``weight`` is the PReLU slope (0.25 at first, as ``nn.PReLU``); ``gamma`` and ``zeta`` start
-    at 0, so a fresh ``RPReLU`` equals a fresh ``nn.PReLU``.
+    at 0, so a fresh ``RPReLU`` equals a fresh ``nn.PReLU``. ``rprelu(x, shortcut)`` is
+    ``rprelu(x + shortcut)`` with :class:`~bnn_lightning.fused_prelu.AddPReLU`'s fast backward
+    (the end of a ReActNet block).
 
     Liu et al., "ReActNet" (ECCV 2020).
 
@@ -99,6 +102,10 @@ class RPReLU(nn.PReLU):
         self.gamma = nn.Parameter(torch.zeros(channels))
         self.zeta = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = super().forward(x - _per_channel(self.gamma, x))
+    def forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        gamma = _per_channel(self.gamma, x)
+        if shortcut is None:
+            out = super().forward(x, -gamma)
+        else:
+            out = super().forward(x, shortcut - gamma)
         return out + _per_channel(self.zeta, out)

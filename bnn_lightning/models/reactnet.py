@@ -59,4 +59,4 @@ class ReActBlock(nn.Module):
         if self.gate is not None:
             out = out * self.gate(x)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.prelu(out + shortcut)
+        return self.prelu(out, shortcut)

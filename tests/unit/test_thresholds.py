@@ -78,7 +78,9 @@ def test_bad_channel_counts_are_rejected(channels: object) -> None:
         assert "\n" not in str(err.value)
 
 
-def test_rprelu_values_and_gradients_follow_the_formula() -> None:
+@pytest.mark.parametrize("with_shortcut", [False, True])
+def test_rprelu_values_and_gradients_follow_the_formula(with_shortcut: bool) -> None:
+    """``rprelu(x)``, and ``rprelu(x / 2, x / 2)`` (the residual form, its fast backward)."""
     rprelu = RPReLU(3)
     with torch.no_grad():
         rprelu.weight.copy_(torch.tensor([0.25, -0.4, 1.5]))
@@ -92,7 +94,7 @@ def test_rprelu_values_and_gradients_follow_the_formula() -> None:
     )
     u = x.detach() - gamma
     expected = torch.where(u >= 0, u, beta * u) + zeta
-    y = rprelu(x)
+    y = rprelu(x / 2, x / 2) if with_shortcut else rprelu(x)
     torch.testing.assert_close(y, expected)
     g = torch.randn_like(y)
     (y * g).sum().backward()
