@@ -31,12 +31,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 __all__ = [
-    "add_prelu",
-    "add_prelu_backward",
     "binary_weight",
     "codes_backward",
     "kernels",
-    "prelu_usable",
     "sign_codes",
     "usable",
     "weight_grad",
@@ -131,39 +128,3 @@ def binary_weight(w: Tensor, scale: Tensor) -> Tensor:
 def weight_grad(grad: Tensor, w: Tensor, scale: Tensor, clip: float) -> Tensor:
     """``float(grad) * scale[c] * 1[|w| <= clip]`` in fp32 (``grad`` in ``w``'s layout)."""
     return _built().weight_grad(grad, w, scale.reshape(-1).contiguous(), clip)
-
-
-def _inner(t: Tensor) -> int | None:
-    """Elements per channel block in memory: 1 channels-last, H * W for NCHW, None otherwise."""
-    if t.dim() < 2:
-        return None
-    if t.is_contiguous():
-        return int(torch.Size(t.shape[2:]).numel())
-    return 1 if t.dim() == 4 and t.is_contiguous(memory_format=_LAST) else None
-
-
-def prelu_usable(x: Tensor, other: Tensor, slope: Tensor) -> bool:
-    """Whether :func:`add_prelu` handles these (CPU, bf16/fp16/fp32 of one layout, a slope each
-    channel or one) and the kernels are built."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in _FLOATS
-        and other.dtype == slope.dtype == x.dtype
-        and other.shape == x.shape
-        and other.stride() == x.stride()
-        and _inner(x) is not None
-        and slope.numel() in (1, x.shape[1])
-        and kernels() is not None
-    )
-
-
-def add_prelu(x: Tensor, shortcut: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x + shortcut, prelu(x + shortcut, slope))`` with ATen's rounding."""
-    z, out = _built().add_prelu(x, shortcut, slope.reshape(-1).contiguous(), _inner(x))
-    return z, out
-
-
-def add_prelu_backward(z: Tensor, grad: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
-    """``(dL/dz, per-element slope gradient)`` of :func:`add_prelu`, as ATen's PReLU backward."""
-    grad_z, full = _built().add_prelu_backward(z, grad, slope.reshape(-1).contiguous(), _inner(z))
-    return grad_z, full

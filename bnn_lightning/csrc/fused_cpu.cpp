@@ -195,63 +195,8 @@ torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor w, torch::Tensor sca
   return out;
 }
 
-// PReLU of a residual sum, in bf16, fp16 or fp32 with ATen's arithmetic (each result rounded
-// to the format once, from float; the caller keeps fp64 on ATen): z = x + shortcut; out = z > 0 ? z : slope[c] * z. The channel of
-// flat index i is (i / inner) % channels: inner = 1 for channels-last, H * W for NCHW.
-template <typename T, typename F>
-void per_channel(int64_t n, int64_t inner, int64_t channels, const F& body) {
-  at::parallel_for(0, n / inner, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
-    for (int64_t block = b; block < e; ++block) {
-      if (inner == 1) {
-        body(block, block % channels);
-      } else {
-        const int64_t c = block % channels;
-        for (int64_t i = block * inner; i < (block + 1) * inner; ++i) body(i, c);
-      }
-    }
-  });
-}
-
-std::vector<torch::Tensor> add_prelu(torch::Tensor x, torch::Tensor shortcut, torch::Tensor slope,
-                                     int64_t inner) {
-  auto z = torch::empty_like(x), out = torch::empty_like(x);
-  const int64_t n = x.numel(), channels = slope.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_prelu", [&] {
-    const scalar_t *a = x.data_ptr<scalar_t>(), *b = shortcut.data_ptr<scalar_t>();
-    const scalar_t* w = slope.data_ptr<scalar_t>();
-    scalar_t *zp = z.data_ptr<scalar_t>(), *op = out.data_ptr<scalar_t>();
-    per_channel<scalar_t>(n, inner, channels, [&](int64_t i, int64_t c) {
-      const scalar_t sum = static_cast<float>(a[i]) + static_cast<float>(b[i]);
-      zp[i] = sum;
-      op[i] = sum > scalar_t(0) ? sum : scalar_t(static_cast<float>(w[c]) * static_cast<float>(sum));
-    });
-  });
-  return {z, out};
-}
-
-// Its backward, as ATen's PReLU backward: grad_z = z > 0 ? g : slope[c] * g; the slope's
-// per-element gradient z > 0 ? 0 : z * g (summed per channel by the caller, as autograd does).
-std::vector<torch::Tensor> add_prelu_backward(torch::Tensor z, torch::Tensor grad,
-                                              torch::Tensor slope, int64_t inner) {
-  auto grad_z = torch::empty_like(z), full = torch::empty_like(z);
-  const int64_t n = z.numel(), channels = slope.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "add_prelu_bwd", [&] {
-    const scalar_t *zp = z.data_ptr<scalar_t>(), *g = grad.data_ptr<scalar_t>();
-    const scalar_t* w = slope.data_ptr<scalar_t>();
-    scalar_t *gz = grad_z.data_ptr<scalar_t>(), *fp = full.data_ptr<scalar_t>();
-    per_channel<scalar_t>(n, inner, channels, [&](int64_t i, int64_t c) {
-      const bool positive = zp[i] > scalar_t(0);
-      gz[i] = positive ? g[i] : scalar_t(static_cast<float>(w[c]) * static_cast<float>(g[i]));
-      fp[i] = positive ? scalar_t(0) : scalar_t(static_cast<float>(zp[i]) * static_cast<float>(g[i]));
-    });
-  });
-  return {grad_z, full};
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
-  m.def("add_prelu", &add_prelu, "prelu(x + shortcut) and the sum");
-  m.def("add_prelu_backward", &add_prelu_backward, "its input and per-element slope gradients");
   m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");
   m.def("weight_grad", &weight_grad, "MagnitudeAwareSign's latent-weight gradient");
   m.def("sign_codes", &sign_codes, "sign(x) and its packed 2-bit codes");

@@ -6,18 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnn_lightning import fused_cpu
 from bnn_lightning.fused_prelu import AddPReLU
-
-
-@pytest.fixture(params=["cpu_kernels", "aten"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the one-pass CPU kernels and again with the ATen ops alone."""
-    if request.param == "aten":
-        monkeypatch.setattr(fused_cpu, "prelu_usable", lambda x, other, slope: False)
-    elif fused_cpu.kernels() is None:
-        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
-    return str(request.param)
 
 
 def _inputs(channels: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,17 +27,14 @@ def _inputs(channels: int, channels_last: bool) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("channels", [4, 1])
 def test_add_prelu_equals_prelu_of_the_sum(
-    path: str, autocast: bool, inputs: torch.dtype, channels_last: bool, channels: int
+    autocast: bool, inputs: torch.dtype, channels_last: bool, channels: int
 ) -> None:
-    """fp32 inputs; under autocast also 2-byte ones, as a block's conv output and shortcut are
-    (the CPU kernels' case; fp16 inputs with bf16 autocast take the ATen path)."""
+    """fp32 inputs; under autocast also 2-byte ones, as a block's conv output and shortcut are."""
     fused, plain = AddPReLU(channels), nn.PReLU(channels)
     with torch.no_grad():
         fused.weight.copy_(torch.linspace(-0.5, 0.75, channels))
     plain.load_state_dict(fused.state_dict())
     x, shortcut = (t.to(inputs) for t in _inputs(4, channels_last))
-    if path == "cpu_kernels" and inputs == torch.bfloat16:
-        assert fused_cpu.prelu_usable(x, shortcut, fused.weight.to(inputs))
     upstream = torch.randn_like(x)
     results = []
     for run in ("fused", "plain"):
