@@ -256,3 +256,23 @@ def test_binary_sign_under_compile_equals_eager() -> None:
         assert compiled.dtype == eager.dtype == dtype
         assert torch.equal(compiled, eager)
         assert eager.tolist() == [-1, -1, 1, 1, 1, 1, -1, -1]
+
+
+@pytest.mark.parametrize("block", ["standard", "reactnet"])
+def test_binary_training_forward_compiles_without_graph_breaks(block: str) -> None:
+    """The whole training forward (bf16 autocast, channels_last, the loss) is one dynamo graph:
+    a graph break would split the compiled step and run the elementwise work between the
+    pieces eagerly."""
+    net = create_model("resnet10_cifar", width=8, num_classes=10, mode="binary", block=block)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+
+    def forward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.cross_entropy(net(x), y, label_smoothing=0.1)
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(forward)(x, y)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1
