@@ -28,14 +28,14 @@ What it adds to plain LightningCLI:
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
   writes a checkpoint's network with 1-bit packed weights
   (:func:`bnn_lightning.export.export_checkpoint`).
-- After ``fit`` it prints the final validation metrics, the layer modes and the wall time.
+- After ``fit`` it prints the final validation metrics, the layer modes and the wall time, split
+  into start-up, data, training and validation (:mod:`bnn_lightning.callbacks.timing`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from bnn_lightning.callbacks.timing import PhaseTimes
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.cli_errors import run_reporting_errors
@@ -226,7 +227,6 @@ class BNNCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        self.start_time = time.perf_counter()
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs["parser_kwargs"] = {
@@ -321,6 +321,9 @@ class BNNCLI(LightningCLI):
         if last is not None:
             # after the best callback: trainer.checkpoint_callback stays the best one
             self.trainer.callbacks.append(last)  # type: ignore[attr-defined]  # set in __init__
+        if self.subcommand == "fit":
+            self.phase_times = PhaseTimes()
+            self.trainer.callbacks.append(self.phase_times)  # type: ignore[attr-defined]
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
@@ -330,18 +333,21 @@ class BNNCLI(LightningCLI):
         if config.get("compile"):
             net.compile()
 
+    def before_fit(self) -> None:
+        self.phase_times.fit_started()
+
     def after_fit(self) -> None:
-        """Print the final validation metrics, the binary layers' modes and the wall time."""
+        """Print the final validation metrics, the binary layers' modes and the wall time from
+        the process's start, with where it went (:mod:`bnn_lightning.callbacks.timing`)."""
         metrics = self.trainer.callback_metrics
         shown = ", ".join(
             f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith("val/")
         )
         modes = dict(get_modes(getattr(self.model, "net", self.model)))
-        minutes, seconds = divmod(time.perf_counter() - self.start_time, 60)
         if self.trainer.is_global_zero:
             print(
                 f"Final validation: {shown or 'none (no validation ran)'}; binary layers {modes}; "
-                f"wall time {int(minutes)}m{seconds:02.0f}s.",
+                f"wall time {self.phase_times.describe()}.",
                 flush=True,
             )
         self.finish_loggers()

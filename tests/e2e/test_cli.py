@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -142,6 +143,12 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     main(["fit", *quick, *two_steps(1)])
     out = capsys.readouterr().out
     assert "Final validation: val/acc_top1=" in out and "binary layers {'binary': 8}" in out
+    phase = r"[0-9ms]+"  # 14s, 1m02s
+    assert re.search(
+        rf"wall time {phase} \(start-up {phase}, data {phase}, training {phase}, "
+        rf"validation {phase}, other {phase}\)\.",
+        out,
+    ), out
     ckpt_dir = tmp_path / "run" / "checkpoints"
     best = list(ckpt_dir.glob("best-epoch000*.ckpt"))
     assert len(best) == 1 and (ckpt_dir / "last.ckpt").is_file()
