@@ -33,8 +33,8 @@ def same_picture_tree(root: Path, classes: int = 10, per_class: int = 4) -> Path
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
-    """The quickstart config (in-memory data, random crop with padding and flip) with the
-    ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
+    """The quickstart config (in-memory data, flip; random crop with 4-pixel padding added here,
+    the quickstart has none) with the ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
     decoded cache is warm, so rank 0 does no decoding the other rank does not."""
     tree = same_picture_tree(tmp_path / "tree")
     warm = ImageFolderDataModule(
@@ -48,6 +48,7 @@ def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> Non
         "--config", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
         "--data.init_args.root", str(tree), "--data.init_args.cache_dir", str(tmp_path / "cache"),
         "--data.init_args.val_size", "8", "--data.init_args.batch_size", "16",
+        "--data.init_args.padding", "4",
         "--model.net.init_args.width", "8", "--trainer.max_steps", "1",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=" + json.dumps(recorder),
