@@ -5,7 +5,8 @@ Runs the command of ``make train`` (``bnn fit --config configs/cifar10/quickstar
 root, with one argument added: ``--trainer.default_root_dir`` in a temporary folder, so that the
 run's checkpoints and logs do not replace those of your own ``make train``. The wall time is
 measured around the subprocess: start-up, data loading, training and validation. The final
-validation metrics are read from the line the CLI prints after ``fit``. A training run is
+validation metrics and the time of each phase (start-up, data, training, validation) are read from
+the line the CLI prints after ``fit``. A training run is
 measured once (minutes long, it is its own average); the load average before and after it says
 how much other processes slowed it. ``--quick`` does not train: it reports the latest full
 measurement found in ``benchmarks/results/*.json``, with its date.
@@ -29,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/cifar10/quickstart.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 TITLE = "Quickstart: wall time of `make train` and its final validation top-1"
-FINAL = re.compile(r"Final validation: (?P<metrics>.*?); binary layers (?P<modes>.*?); wall time")
+FINAL = re.compile(
+    r"Final validation: (?P<metrics>.*?); binary layers (?P<modes>.*?); wall time (?P<wall>.*?)\.?$",
+    re.MULTILINE,
+)
 
 
 def command(root_dir: Path) -> list[str]:
@@ -39,16 +43,17 @@ def command(root_dir: Path) -> list[str]:
 
 
 def parse_final(output: str) -> dict[str, Any]:
-    """The metrics (``{"val/acc_top1": 0.61, ...}``) and layer modes of the CLI's final line."""
+    """The metrics (``{"val/acc_top1": 0.61, ...}``), layer modes and wall time (with its phases,
+    ``9m12s (start-up 9s, data 14s, ...)``) of the CLI's final line."""
     found = FINAL.findall(output)
     if not found:
         raise RuntimeError(
             f"The quickstart printed no 'Final validation' line; its output ends with:\n"
             f"{output[-2000:]}"
         )
-    metrics, modes = found[-1]
+    metrics, modes, wall = found[-1]
     values = dict(pair.split("=", 1) for pair in metrics.split(", ") if "=" in pair)
-    return {"metrics": {k: float(v) for k, v in values.items()}, "modes": modes}
+    return {"metrics": {k: float(v) for k, v in values.items()}, "modes": modes, "wall": wall}
 
 
 def train() -> dict[str, Any]:
@@ -71,6 +76,7 @@ def train() -> dict[str, Any]:
         "wall_min": wall / 60,
         **{k: v for k, v in final["metrics"].items() if k in ("val/acc_top1", "val/acc_top5")},
         "binary_layers": final["modes"],
+        "phases": final["wall"],
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }

@@ -130,9 +130,13 @@ def test_markdown_report_and_plot(tmp_path: Path) -> None:
 def test_quickstart_final_line_is_parsed() -> None:
     output = (
         "noise\nFinal validation: val/acc_top1=0.6120, val/acc_top5=0.9610, val/loss=1.2000; "
-        "binary layers {'binary': 16}; wall time 9m30s.\n"
+        "binary layers {'binary': 16}; wall time 9m30s (start-up 9s, data 14s, training 8m40s, "
+        "validation 20s, other 7s).\nmore noise\n"
     )
     final = bench_quickstart.parse_final(output)
+    assert final["wall"] == (
+        "9m30s (start-up 9s, data 14s, training 8m40s, validation 20s, other 7s)"
+    )
     assert final["metrics"] == {"val/acc_top1": 0.612, "val/acc_top5": 0.961, "val/loss": 1.2}
     assert final["modes"] == "{'binary': 16}"
     with pytest.raises(RuntimeError, match="no 'Final validation' line"):
