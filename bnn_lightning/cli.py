@@ -327,6 +327,7 @@ class BNNCLI(LightningCLI):
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
+            rank_zero_info(f"torch threads: {torch.get_num_threads()} (threads: {threads})")
         net = getattr(self.model, "net", self.model)
         if config.get("channels_last"):
             net.to(memory_format=torch.channels_last)
