@@ -31,7 +31,8 @@ CONFIG = "configs/cifar10/quickstart.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 TITLE = "Quickstart: wall time of `make train` and its final validation top-1"
 FINAL = re.compile(
-    r"Final validation: (?P<metrics>.*?); binary layers (?P<modes>.*?); wall time (?P<wall>.*?)\.?$",
+    r"Final validation: (?P<metrics>.*?); binary layers (?P<modes>.*?); "
+    r"wall time (?P<wall>.*?)\.?$",
     re.MULTILINE,
 )
 

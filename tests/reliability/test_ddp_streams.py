@@ -34,8 +34,9 @@ def same_picture_tree(root: Path, classes: int = 10, per_class: int = 4) -> Path
 @pytest.mark.slow
 def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> None:
     """The quickstart config (in-memory data, flip; random crop with 4-pixel padding added here,
-    the quickstart has none) with the ``ddp_cpu`` preset, one step: each rank's first batch, as its training step sees it. The
-    decoded cache is warm, so rank 0 does no decoding the other rank does not."""
+    the quickstart has none) with the ``ddp_cpu`` preset, one step: each rank's first batch, as
+    its training step sees it. The decoded cache is warm, so rank 0 does no decoding the other
+    rank does not."""
     tree = same_picture_tree(tmp_path / "tree")
     warm = ImageFolderDataModule(
         str(tree), cache_dir=str(tmp_path / "cache"), pipeline="cifar", image_size=32,
