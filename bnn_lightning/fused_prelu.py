@@ -13,8 +13,9 @@ autocast's cast of the sum and the slope) and the same gradients:
 Both passes are vectorised ATen ops (backward: a ``lerp`` between ``g`` and ``slope * g``, exact
 for a 0/1 weight and finite values). A one-pass C++ kernel for the sum and the PReLU was tried and
 removed: its scalar bf16 loop took 30x the time of these ops and made a quickstart step 1.4x slower
-(``make bench``, AMD EPYC, 2 threads). The values are identical to the generic
-path (tested bit for bit, fp32 and bf16 autocast, channels_last), for finite gradients.
+(interleaved training steps of the quickstart network, AMD EPYC, 2 threads). The values are
+identical to the generic path (tested bit for bit, fp32 and bf16 autocast, channels_last), for
+finite gradients.
 """
 
 from __future__ import annotations
