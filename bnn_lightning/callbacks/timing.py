@@ -15,7 +15,6 @@ line, e.g. ``wall time 9m12s (start-up 9s, data 14s, training 8m22s, validation 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import psutil
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -51,11 +50,11 @@ class PhaseTimes(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.marks["train_start"] = time.time()
-        self._validation_before_train = self.validation
+        self.marks["validation_at_train_start"] = self.validation
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.marks["train_end"] = time.time()
-        self._validation_in_train = self.validation - self._validation_before_train
+        self.marks["validation_at_train_end"] = self.validation
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._validation_start = time.time()
@@ -73,10 +72,11 @@ class PhaseTimes(Callback):
         train = 0.0
         if "train_start" in self.marks:
             train_end = self.marks.get("train_end", end)
-            inside = getattr(self, "_validation_in_train", self.validation)
+            inside = self.marks.get("validation_at_train_end", self.validation)
+            inside -= self.marks["validation_at_train_start"]
             train = train_end - self.marks["train_start"] - inside
         total = end - self.process_start
-        out: dict[str, Any] = {
+        out = {
             "start-up": fit - self.process_start,
             "data": setup - fit,
             "training": train,
