@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TITLE = "Quickstart: wall time of `make train` and its final validation top-1"
 FINAL = re.compile(
     r"Final validation: (?P<metrics>.*?); binary layers (?P<modes>.*?); "
-    r"wall time (?P<wall>.*?)\.?$",
+    r"(?:test-time augmentation (?P<tta>\S+); )?wall time (?P<wall>.*?)\.?$",
     re.MULTILINE,
 )
 
@@ -44,17 +44,18 @@ def command(root_dir: Path) -> list[str]:
 
 
 def parse_final(output: str) -> dict[str, Any]:
-    """The metrics (``{"val/acc_top1": 0.61, ...}``), layer modes and wall time (with its phases,
-    ``9m12s (start-up 9s, data 14s, ...)``) of the CLI's final line."""
+    """The metrics (``{"val/acc_top1": 0.61, ...}``), layer modes, test-time augmentation and
+    wall time (with its phases, ``9m12s (start-up 9s, data 14s, ...)``) of the CLI's last line."""
     found = FINAL.findall(output)
     if not found:
         raise RuntimeError(
             f"The quickstart printed no 'Final validation' line; its output ends with:\n"
             f"{output[-2000:]}"
         )
-    metrics, modes, wall = found[-1]
+    metrics, modes, tta, wall = found[-1]
     values = dict(pair.split("=", 1) for pair in metrics.split(", ") if "=" in pair)
-    return {"metrics": {k: float(v) for k, v in values.items()}, "modes": modes, "wall": wall}
+    metrics = {k: float(v) for k, v in values.items()}
+    return {"metrics": metrics, "modes": modes, "tta": tta or "none", "wall": wall}
 
 
 def train() -> dict[str, Any]:
@@ -77,6 +78,7 @@ def train() -> dict[str, Any]:
         "wall_min": wall / 60,
         **{k: v for k, v in final["metrics"].items() if k in ("val/acc_top1", "val/acc_top5")},
         "binary_layers": final["modes"],
+        "tta": final["tta"],
         "phases": final["wall"],
         "load_before": load_before,
         "load_after": os.getloadavg()[0],

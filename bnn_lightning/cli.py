@@ -332,6 +332,8 @@ class BNNCLI(LightningCLI):
         if config.get("channels_last"):
             net.to(memory_format=torch.channels_last)
         if config.get("compile"):
+            if self.trainer.strategy.root_device.type == "cpu":
+                check_cpp_compiler()
             net.compile()
 
     def before_fit(self) -> None:
@@ -345,9 +347,11 @@ class BNNCLI(LightningCLI):
             f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith("val/")
         )
         modes = dict(get_modes(getattr(self.model, "net", self.model)))
+        tta = getattr(self.model, "tta", "none")
         if self.trainer.is_global_zero:
             print(
                 f"Final validation: {shown or 'none (no validation ran)'}; binary layers {modes}; "
+                f"test-time augmentation {tta}; "
                 f"wall time {self.phase_times.describe()}.",
                 flush=True,
             )
@@ -365,6 +369,23 @@ class BNNCLI(LightningCLI):
     def finish_loggers(self) -> None:
         """Close the W&B run, so its files are complete and a next in-process run is a new one."""
         finish_wandb(self.trainer.loggers)
+
+
+def check_cpp_compiler() -> None:
+    """Raise a one-line error when ``torch.compile`` finds no C++ compiler for CPU code (it would
+    otherwise fail at the first step, after the data has loaded)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile report it
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as error:
+        found = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"compile: true needs a C++ compiler on the CPU ({found}); install g++ or clang++ "
+            "(or set CXX), or pass --compile false."
+        ) from None
 
 
 def main(args: list[str] | None = None) -> None:

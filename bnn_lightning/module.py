@@ -56,6 +56,7 @@ from bnn_lightning.layers import MODES, Mode
 from bnn_lightning.losses import BNNLoss, FeatureHooks, hard_labels
 from bnn_lightning.optim import describe_groups, parameter_groups
 from bnn_lightning.run_length import build_scheduler, check_resumed_length
+from bnn_lightning.tta import TTAMode, check_tta, tta_logits
 
 __all__ = ["BNNClassifier"]
 
@@ -96,6 +97,9 @@ class BNNClassifier(LightningModule):
             One line names the checkpoint's mode and quantizers and this net's.
         init_from_mode: The mode the ``init_from`` checkpoint's run must have recorded (stage 2
             requires ``binary_activations``, a stage-1 run); None accepts any.
+        tta: Test-time augmentation of validation, test and predict: ``none``, ``flip`` (2
+            views) or ``flip_shift`` (6 views); see :mod:`bnn_lightning.tta`. Training is
+            unchanged.
     """
 
     train_metrics: MetricCollection
@@ -122,6 +126,7 @@ class BNNClassifier(LightningModule):
         teacher_weights: str | None = None,
         init_from: str | None = None,
         init_from_mode: Mode | None = None,
+        tta: TTAMode = "none",
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):  # load_from_checkpoint passes the recorded net config
@@ -150,6 +155,7 @@ class BNNClassifier(LightningModule):
         if init_from_mode is not None and init_from_mode not in MODES:
             raise ValueError(f"init_from_mode={init_from_mode!r}; use one of {', '.join(MODES)}.")
         self.init_from, self.init_from_mode = init_from, init_from_mode
+        self.tta = check_tta(tta)
         if isinstance(teacher, nn.Module):
             self.set_teacher(teacher)
         elif teacher is None and self.criterion.needs_teacher:
@@ -168,8 +174,10 @@ class BNNClassifier(LightningModule):
             setattr(self, f"{stage}_metrics", collection)
 
     def _save_hparams(self, net: nn.Module) -> None:
-        """Save YAML-like arguments only (checkpoints stay ``weights_only`` loadable)."""
-        self.save_hyperparameters(ignore=["net", "teacher"])
+        """Save YAML-like arguments only (checkpoints stay ``weights_only`` loadable). ``tta`` is
+        not saved: LightningCLI lets a checkpoint's hyperparameters override the command line, and
+        how to evaluate is the evaluating command's choice (``bnn validate --model.tta none``)."""
+        self.save_hyperparameters(ignore=["net", "teacher", "tta"])
         for key in [k for k, v in self.hparams.items() if not is_plain(v)]:
             del self.hparams[key]
         config = net_config(net)
@@ -283,7 +291,7 @@ class BNNClassifier(LightningModule):
         if train and self.criterion.center_weight > 0:
             features = self.net.forward_features(x)  # type: ignore[operator]
             return self.net.forward_head(features), features  # type: ignore[operator]
-        return self.net(x), None
+        return tta_logits(self.net, x, "none" if train else self.tta), None
 
     def _objective(self, x: Tensor, y: Tensor, logits: Tensor, features: Tensor | None) -> dict:
         teacher_logits, pairs = None, []
@@ -325,7 +333,7 @@ class BNNClassifier(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.net(x).float().softmax(dim=1)
+        return tta_logits(self.net, x, self.tta).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
         """The injected optimizer over the parameter groups, and the scheduler if any (built for

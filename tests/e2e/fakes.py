@@ -88,4 +88,5 @@ def tiny_run_args(tmp: Path, width: int = 8, logger_dir: bool = True) -> list[st
         *logger,
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
+        "--compile", "false",  # the quickstart compiles; test_cli runs it compiled once
     ]  # fmt: skip

@@ -169,6 +169,47 @@ def test_fit_keeps_best_and_last_and_resumes_from_last(
     assert not list(ckpt_dir.glob("last-v*.ckpt"))
 
 
+def test_quickstart_as_shipped_compiles_and_validates_six_views(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compile: true`` and ``tta: flip_shift`` of the quickstart: the net is compiled in place
+    (its checkpoint keeps the plain keys), the final line names the views."""
+    compiled: list[torch.nn.Module] = []
+    plain_compile = torch.nn.Module.compile
+
+    def record(module: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        compiled.append(module)
+        plain_compile(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", record)
+    main(["fit", *quick_args(tmp_path), *two_steps(1), "--compile", "true"])
+    out = capsys.readouterr().out
+    assert [type(m).__name__ for m in compiled] == ["BinaryResNet"]
+    assert "; test-time augmentation flip_shift; wall time" in out, out[-500:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    net = net_from_checkpoint(ckpt)  # strict: no ``_orig_mod.`` prefixes
+    assert type(net).__name__ == "BinaryResNet"
+    assert "tta" not in torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    for tta in ("none", "flip_shift"):  # the command's choice, not the checkpoint's
+        args = [*quick_args(tmp_path), "--ckpt_path", str(ckpt), "--model.tta", tta]
+        cli = BNNCLI(args=["validate", *args, "--trainer.limit_val_batches", "1"])
+        assert cli.model.tta == tta
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor import cpp_builder, exc
+
+    def missing() -> str:
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.raises(ValueError, match=r"^compile: true needs a C\+\+ compiler on the CPU "):
+        BNNCLI(args=[*quick_args(tmp_path), "--compile", "true"], run=False)
+    BNNCLI(args=quick_args(tmp_path), run=False)  # --compile false: no compiler needed
+
+
 def test_summary_and_export_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main(["summary", *quick_args(tmp_path)])
     table = capsys.readouterr().out

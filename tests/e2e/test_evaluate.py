@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from fakes import CONFIGS, tiny_run_args
 from PIL import Image
 
 from bnn_lightning.checkpoints import net_from_checkpoint
 from bnn_lightning.cli import BNNCLI, main
+from bnn_lightning.tta import tta_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 QUICKSTART = CONFIGS / "cifar10" / "quickstart.yaml"
+TTA = yaml.safe_load(QUICKSTART.read_text())["model"]["tta"]  # validate and test use its views
 CLASSES = 10
 
 
@@ -74,7 +77,8 @@ def by_hand(tmp: Path, split: str, ckpt: Path) -> dict[str, float]:
     net = net_from_checkpoint(ckpt).eval()
     batches = [datamodule.transform_batch(batch, train=False) for batch in loader]
     with torch.no_grad():
-        logits, labels = torch.cat([net(x) for x, _ in batches]), torch.cat([y for _, y in batches])
+        logits = torch.cat([tta_logits(net, x, TTA) for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
     top5 = logits.topk(5, dim=1).indices
     return {
         "loss": float(F.cross_entropy(logits, labels, label_smoothing=0.1)),

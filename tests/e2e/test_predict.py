@@ -14,6 +14,7 @@ from PIL import Image
 from bnn_lightning.cli import BNNCLI, main
 from bnn_lightning.data.images import load_rgb
 from bnn_lightning.data.predict import ImagePaths, predict_transform, sample_name
+from bnn_lightning.tta import tta_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -70,7 +71,9 @@ def test_predict_a_folder_writes_each_image_with_the_modules_probabilities(
     transform = predict_transform(cli.datamodule)
     images = torch.stack([transform(load_rgb(f)) for f in files])
     with torch.no_grad():  # the batches of the run (batch_size 4), so the sums add up the same
-        logits = torch.cat([model(images[i : i + 4]) for i in range(0, len(files), 4)])
+        batches = [images[i : i + 4] for i in range(0, len(files), 4)]
+        logits = torch.cat([tta_logits(model.net, x, "flip_shift") for x in batches])
+    assert model.tta == "flip_shift"  # the quickstart's views: predict averages them too
     top_p, top_i = logits.softmax(1).topk(5, dim=1)
     for row, p, i in zip(rows, top_p.tolist(), top_i.tolist(), strict=True):
         names = [classes[c] for c in i]

@@ -55,6 +55,7 @@ def quiet_run_args(out: Path, device: str) -> list[str]:
         "--trainer.enable_model_summary", "false",
         "--trainer.num_sanity_val_steps", "0",
         "--threads", "null",
+        "--compile", "false",  # the quickstart compiles; test_device_compile turns it back on
     ]  # fmt: skip
 
 

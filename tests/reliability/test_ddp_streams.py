@@ -49,7 +49,7 @@ def test_8_two_ranks_augment_the_same_picture_differently(tmp_path: Path) -> Non
         "--config", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
         "--data.init_args.root", str(tree), "--data.init_args.cache_dir", str(tmp_path / "cache"),
         "--data.init_args.val_size", "8", "--data.init_args.batch_size", "16",
-        "--data.init_args.padding", "4",
+        "--data.init_args.padding", "4", "--compile", "false",
         "--model.net.init_args.width", "8", "--trainer.max_steps", "1",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=" + json.dumps(recorder),

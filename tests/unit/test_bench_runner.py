@@ -139,6 +139,11 @@ def test_quickstart_final_line_is_parsed() -> None:
     )
     assert final["metrics"] == {"val/acc_top1": 0.612, "val/acc_top5": 0.961, "val/loss": 1.2}
     assert final["modes"] == "{'binary': 16}"
+    assert final["tta"] == "none"  # a line from before the test-time augmentation was printed
+    final = bench_quickstart.parse_final(
+        output.replace("wall time", "test-time augmentation flip_shift; wall time")
+    )
+    assert final["tta"] == "flip_shift" and final["wall"].startswith("9m30s (start-up 9s")
     with pytest.raises(RuntimeError, match="no 'Final validation' line"):
         bench_quickstart.parse_final("Traceback: killed")
 
