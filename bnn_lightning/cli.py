@@ -381,7 +381,7 @@ def check_cpp_compiler() -> None:
     try:
         get_cpp_compiler()
     except Exception as error:
-        found = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        found = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
             f"compile: true needs a C++ compiler on the CPU ({found}); install g++ or clang++ "
             "(or set CXX), or pass --compile false."

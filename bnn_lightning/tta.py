@@ -13,7 +13,7 @@ stays fully binary; each view costs one more forward pass.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 __all__ = ["TTA_MODES", "TTAMode", "check_tta", "shift", "tta_logits"]
 
 TTAMode = Literal["none", "flip", "flip_shift"]
-TTA_MODES: tuple[str, ...] = ("none", "flip", "flip_shift")
+TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 
 
 def check_tta(mode: str) -> str:
@@ -42,12 +42,11 @@ def shift(images: Tensor, dy: int, dx: int) -> Tensor:
 
 def tta_logits(net: nn.Module, images: Tensor, mode: str) -> Tensor:
     """The ``mode`` average of ``net``'s logits over the views of ``images`` (module docstring)."""
-    if mode == "none":
+    if check_tta(mode) == "none":
         return net(images)
     views = [images, images.flip(-1)]
-    logits = (net(views[0]) + net(views[1])) / 2
+    logits = sum(net(v) for v in views) / 2
     if mode == "flip":
         return logits
-    check_tta(mode)
     shifted = sum(net(shift(v, d, d)) for v in views for d in (1, -1))
     return logits / 2 + shifted / 8
