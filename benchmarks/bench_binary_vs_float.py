@@ -4,7 +4,9 @@
    (``binary``) and off (``float``, the same modules: ``conv2d`` on the raw input and weight).
 2. One training step (forward, cross-entropy, backward, Adam) of the default binary ResNet-18
    (CIFAR stem, width 64) against the same network with quantizers off, in fp32 eager and in
-   bf16 autocast + channels_last.
+   the quickstart's setting: bf16 autocast + channels_last, or fp32 + channels_last on a CPU
+   without native bf16 (``precision: auto`` trains in fp32 there; see
+   :mod:`bnn_lightning.precision`).
 
 Time is the median of several repeats after a warm-up, binary and float interleaved so that load
 from other processes hits both alike; the spread is the min-max range; ``cpu_ms`` is the median
@@ -13,8 +15,9 @@ thread, the work itself), ``cpu_ratio`` its binary / float ratio. Memory is the 
 bytes allocated during one step (activations kept for backward in whatever dtype they are saved,
 gradients, temporaries; the model, the input and Adam's state exist before and are not counted),
 tracked op by op with a ``TorchDispatchMode``: exact and deterministic, unlike RSS on a shared
-machine. Targets (``targets.py``): binary <= 1.05x the float time in bf16 + channels_last,
-the binary bf16 step >= 3x the images/s of the fp32 eager float one, binary peak memory <= 0.8x.
+machine. Targets (``targets.py``): binary <= 1.05x the float time in the quickstart's setting,
+the binary step in that setting >= 3x the images/s of the fp32 eager float one, binary peak
+memory <= 0.8x.
 
 ``python benchmarks/bench_binary_vs_float.py [--quick]`` prints the result as JSON.
 """
@@ -38,6 +41,7 @@ from torch.utils._pytree import tree_flatten
 
 from bnn_lightning.layers import BinaryConv2d, set_mode
 from bnn_lightning.models import create_model
+from bnn_lightning.precision import cpu_bf16
 
 Step = Callable[[], None]
 
@@ -180,22 +184,29 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Step:
     return run
 
 
+def quickstart_setting() -> tuple[str, bool]:
+    """The quickstart's precision and memory format on this CPU: ``(label, bf16)``."""
+    if cpu_bf16():
+        return "bf16 autocast + channels_last", True
+    return "fp32 + channels_last (no native bf16 on this CPU)", False
+
+
 def resnet_rows(quick: bool) -> list[dict[str, Any]]:
     """Training step of the default binary ResNet-18 (CIFAR stem) vs quantizers off."""
     batch, repeats = (16, 2) if quick else (128, 7)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     rows = []
-    for bf16 in (False, True):
-        fmt = torch.channels_last if bf16 else torch.contiguous_format
+    settings = [("fp32 eager", False, torch.contiguous_format)]
+    label, bf16 = quickstart_setting()
+    settings.append((label, bf16, torch.channels_last))
+    for label, bf16, fmt in settings:
         models = {
             mode: create_model("resnet18_cifar", num_classes=10, mode=mode).to(memory_format=fmt)
             for mode in ("binary", "float")
         }
         xs = x.to(memory_format=fmt)
         steps = {name: train_step(m, xs, y, bf16) for name, m in models.items()}
-        setting = f"ResNet-18 cifar w64 batch {batch} train step, " + (
-            "bf16 autocast + channels_last" if bf16 else "fp32 eager"
-        )
+        setting = f"ResNet-18 cifar w64 batch {batch} train step, {label}"
         rows += _compare(setting, steps, batch, repeats)
     return rows
 

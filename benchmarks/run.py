@@ -49,12 +49,18 @@ def hardware() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1m": load_average(),
     }
+
+
+def _yes(flag: bool | None) -> str:
+    return "?" if flag is None else "yes" if flag else "no (precision: auto trains in fp32)"
 
 
 def load_average() -> float | None:
@@ -83,7 +89,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Benchmarks {results['date']}" + (" (--quick)" if results["quick"] else ""),
         "",
-        f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads); "
+        f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads, "
+        f"{hw.get('cpu_capability', '?')}, native bf16: {_yes(hw.get('native_bf16'))}); "
         f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}, Python {hw['python']}. "
         f"Load average (1 min) {hw['load_avg_1m']} at the start, {results['load_avg_end']} at "
         f"the end: more than {hw['cores']} means other processes competed for the cores.",

@@ -44,7 +44,7 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from bnn_lightning.callbacks.timing import PhaseTimes
 from bnn_lightning.checkpoint_io import read_checkpoint
@@ -56,6 +56,7 @@ from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
+from bnn_lightning.precision import PrecisionInput, resolve_precision
 from bnn_lightning.summary import ModelSummary, summary
 from bnn_lightning.threads import auto_threads
 
@@ -99,7 +100,23 @@ def input_size(datamodule: LightningDataModule | None) -> tuple[int, int, int]:
 
 
 class BNNTrainer(Trainer):
-    """Lightning's ``Trainer`` plus the ``summary`` and ``export`` subcommands of ``bnn``."""
+    """Lightning's ``Trainer`` plus ``precision: auto`` and the ``summary`` and ``export``
+    subcommands of ``bnn``.
+
+    Args:
+        precision: Lightning's precisions, or ``auto``: ``bf16-mixed`` where the device computes
+            bf16 natively, else ``32-true`` on a CPU and ``16-mixed`` on a CUDA GPU
+            (:mod:`bnn_lightning.precision`).
+        **kwargs: The other arguments of :class:`~lightning.pytorch.Trainer`.
+    """
+
+    def __init__(self, *, precision: PrecisionInput | None = None, **kwargs: Any) -> None:
+        precision, line = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+        if line.startswith("precision: auto"):
+            rank_zero_info(line)
+        elif line:
+            rank_zero_warn(line)
+        super().__init__(precision=precision, **kwargs)
 
     def summary(
         self,

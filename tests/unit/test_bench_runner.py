@@ -105,6 +105,30 @@ def test_summary_ratios_and_targets() -> None:
     assert export["value"] == targets.NOT_MEASURED and export["met"] is None
 
 
+def test_summary_on_a_cpu_without_bf16_judges_fp32_channels_last() -> None:
+    """Where ``precision: auto`` trains in fp32, the quickstart's setting is fp32 + channels_last:
+    its rows are judged against the 1.05x and 3x targets, not missing bf16 rows."""
+    results = fake_results()
+    label = "fp32 + channels_last (no native bf16 on this CPU)"
+    results["benchmarks"]["binary_vs_float"]["rows"][3:] = [
+        step_row(label, "binary", 900.0, memory_ratio=0.7),
+        step_row(label, "float", 1000.0),
+    ]
+    results["hardware"] |= {"cpu_capability": "AVX2", "native_bf16": False}
+    results["summary"] = targets.summarize(results)
+    summary = by_measure(results["summary"])
+    time = summary["ResNet-18 train step time, binary / float, fp32 + channels_last"]
+    assert time["number"] == pytest.approx(0.9) and time["met"] is True
+    speedup = summary[
+        "binary images/s, fp32 + channels_last (the quickstart's setting) / fp32 eager float"
+    ]
+    assert speedup["number"] == pytest.approx(1000 / 900) and speedup["met"] is False
+    memory = summary["ResNet-18 train step peak memory, binary / float, fp32 + channels_last"]
+    assert memory["number"] == 0.7 and memory["met"] is True
+    assert not any("bf16 + channels_last" in measure for measure in summary)
+    assert "AVX2, native bf16: no (precision: auto trains in fp32)" in runner.markdown(results)
+
+
 def test_summary_of_an_empty_run_reports_everything_as_not_measured() -> None:
     results = {**fake_results(), "benchmarks": {}}
     summary = targets.summarize(results)
