@@ -56,7 +56,7 @@ from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
 from bnn_lightning.layers import Mode, get_modes
 from bnn_lightning.loggers import configure_logger, finish_wandb
 from bnn_lightning.module import BNNClassifier
-from bnn_lightning.precision import PrecisionInput, resolve_precision
+from bnn_lightning.precision import PrecisionInput, resolve_precision, slow_bf16_warning
 from bnn_lightning.summary import ModelSummary, summary
 from bnn_lightning.threads import auto_threads
 
@@ -111,11 +111,12 @@ class BNNTrainer(Trainer):
     """
 
     def __init__(self, *, precision: PrecisionInput | None = None, **kwargs: Any) -> None:
-        precision, line = resolve_precision(precision, kwargs.get("accelerator", "auto"))
-        if line.startswith("precision: auto"):
+        accelerator = kwargs.get("accelerator", "auto")
+        if warning := slow_bf16_warning(precision, accelerator):
+            rank_zero_warn(warning)
+        precision, line = resolve_precision(precision, accelerator)
+        if line:
             rank_zero_info(line)
-        elif line:
-            rank_zero_warn(line)
         super().__init__(precision=precision, **kwargs)
 
     def summary(

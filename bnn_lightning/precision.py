@@ -30,6 +30,7 @@ __all__ = [
     "device_type",
     "native_bf16",
     "resolve_precision",
+    "slow_bf16_warning",
 ]
 
 PrecisionInput = _PRECISION_INPUT | Literal["auto"]
@@ -77,19 +78,23 @@ def auto_precision(device: str) -> Literal["bf16-mixed", "16-mixed", "32-true"]:
 
 def resolve_precision(
     precision: PrecisionInput | None, accelerator: str | Accelerator | None
-) -> tuple[_PRECISION_INPUT | None, str]:
-    """``(precision for Lightning, a line to log or "")``: ``auto`` resolved for the device;
-    an explicit bf16 on a CPU without native bf16 is kept, and the line warns about it."""
-    device = device_type(accelerator)
-    if precision == "auto":
-        chosen = auto_precision(device)
-        why = "native bf16" if chosen == "bf16-mixed" else f"no native bf16 on this {device}"
-        return chosen, f"precision: auto -> {chosen} ({why})"
-    bf16 = str(precision).startswith("bf16")
-    if bf16 and device == "cpu" and not cpu_bf16():
-        capability = torch.backends.cpu.get_cpu_capability()
-        return precision, (
-            f"precision {precision} on a CPU without native bf16 ({capability}): its convolutions "
-            "run on reference code, about 8x slower than 32-true; set precision: auto or 32-true."
-        )
-    return precision, ""
+) -> tuple[_PRECISION_INPUT | None, str | None]:
+    """``auto`` resolved for the device, with the line to log; any other value as it is."""
+    if precision != "auto":
+        return precision, None
+    chosen = auto_precision(device := device_type(accelerator))
+    why = "native bf16" if chosen == "bf16-mixed" else f"no native bf16 on this {device}"
+    return chosen, f"precision: auto -> {chosen} ({why})"
+
+
+def slow_bf16_warning(
+    precision: PrecisionInput | None, accelerator: str | Accelerator | None
+) -> str | None:
+    """The one-line warning for an explicit bf16 precision on a CPU without native bf16."""
+    if not str(precision).startswith("bf16") or device_type(accelerator) != "cpu" or cpu_bf16():
+        return None
+    return (
+        f"precision {precision} on a CPU without native bf16 "
+        f"({torch.backends.cpu.get_cpu_capability()}): its convolutions run on reference code, "
+        "about 8x slower than 32-true; set precision: auto or 32-true."
+    )

@@ -52,14 +52,17 @@ def test_auto_on_cuda_is_fp16_mixed_without_bf16(monkeypatch: pytest.MonkeyPatch
 
 
 def test_explicit_precision_is_kept_and_bf16_on_a_cpu_without_it_warns(native: bool) -> None:
-    assert P.resolve_precision("32-true", "cpu") == ("32-true", "")
-    chosen, line = P.resolve_precision("bf16-mixed", "cpu")
-    assert chosen == "bf16-mixed"
+    assert P.resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)
+    assert P.resolve_precision(None, "cpu") == (None, None)  # Lightning's default
+    assert P.slow_bf16_warning("32-true", "cpu") is None
+    assert P.slow_bf16_warning("auto", "cpu") is None
+    line = P.slow_bf16_warning("bf16-mixed", "cpu")
     if native:
-        assert line == ""
+        assert line is None
     else:
-        assert "without native bf16" in line and "set precision: auto or 32-true" in line
-        assert "\n" not in line
+        assert line is not None and "\n" not in line
+        assert line.startswith("precision bf16-mixed on a CPU without native bf16 (")
+        assert line.endswith("set precision: auto or 32-true.")
 
 
 def test_trainer_resolves_auto(native: bool, tmp_path: Path) -> None:
