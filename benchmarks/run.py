@@ -39,6 +39,8 @@ def hardware() -> dict[str, Any]:
     """CPU model, cores, torch version and GPU (if any) of this machine."""
     import torch
 
+    from bnn_lightning.precision import cpu_bf16
+
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -50,7 +52,7 @@ def hardware() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "native_bf16": cpu_bf16(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
