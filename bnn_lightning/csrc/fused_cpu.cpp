@@ -102,6 +102,70 @@ void codes_backward_kernel(const uint8_t* codes, uint8_t* s, uint8_t* g, int64_t
   if (numel % 4) block(full, Bytes * (numel % 4));
 }
 
+// fp32 kernels, in blocks of 64 elements (16 code bytes): one loop over the elements of a block
+// (integer operations on the bits, no branches: the compiler vectorises it), one over its bytes.
+constexpr int64_t kBlock = 64;
+constexpr uint32_t kMinusOne = 0xBF800000u, kInfinity = 0x7F800000u;
+
+// |x| <= clip on the bits of x: magnitude < the returned bound (0 when no x is inside: a
+// negative or NaN clip; -0.0 acts as 0.0, as the float comparison does).
+inline uint32_t inside_bound(double clip) {
+  const float limit = static_cast<float>(clip);
+  if (!(limit >= 0.0f)) return 0;
+  uint32_t bits;
+  std::memcpy(&bits, &limit, 4);
+  return (bits & 0x7FFFFFFFu) + 1;
+}
+
+// The four 2-bit codes c[4k..4k+3] of a block as byte k (the first in the low bits).
+inline void pack_block(const uint32_t* c, uint8_t* codes, int64_t bytes) {
+  for (int64_t k = 0; k < bytes; ++k) {
+    codes[k] = static_cast<uint8_t>(c[4 * k] | (c[4 * k + 1] << 2) | (c[4 * k + 2] << 4) |
+                                    (c[4 * k + 3] << 6));
+  }
+}
+
+// sign (+1 for x >= 0, -0.0 included; -1 below and for NaN) and codes 1[x >= 0] | 1[|x| <= clip]
+// << 1 of `count` fp32 elements given as bits.
+inline void encode_block(const uint32_t* v, uint32_t* out, uint32_t* c, int64_t count,
+                         uint32_t bound) {
+  for (int64_t j = 0; j < count; ++j) {
+    const uint32_t bits = v[j], magnitude = bits & 0x7FFFFFFFu;
+    const uint32_t number = magnitude <= kInfinity, zero = magnitude == 0;
+    const uint32_t positive = (((bits >> 31) ^ 1u) & number) | zero;
+    const uint32_t inside = magnitude < bound;
+    out[j] = kMinusOne ^ (positive << 31);
+    c[j] = positive | (inside << 1);
+  }
+}
+
+std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
+  const int64_t n = x.numel();
+  auto sign = torch::empty_like(x);
+  auto packed = torch::empty({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
+  const uint32_t* in = static_cast<const uint32_t*>(x.data_ptr());
+  uint32_t* out = static_cast<uint32_t*>(sign.data_ptr());
+  uint8_t* codes = packed.data_ptr<uint8_t>();
+  const uint32_t bound = inside_bound(clip);
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, kGrain / kBlock, [&](int64_t begin, int64_t end) {
+    uint32_t c[kBlock];  // 32-bit codes: the element loop stays in one lane width
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * kBlock;
+      if (first + kBlock <= n) {
+        encode_block(in + first, out + first, c, kBlock, bound);
+        pack_block(c, codes + first / 4, kBlock / 4);
+      } else {  // the last block: zero codes past the end
+        const int64_t count = n - first;
+        std::memset(c, 0, sizeof(c));
+        encode_block(in + first, out + first, c, count, bound);
+        pack_block(c, codes + first / 4, (count + 3) / 4);
+      }
+    }
+  });
+  return {sign, packed};
+}
+
 void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
                     c10::optional<torch::Tensor> grad, int64_t numel, int64_t one) {
   const torch::Tensor& like = sign.has_value() ? *sign : *grad;
@@ -113,29 +177,6 @@ void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
   } else {
     codes_backward_kernel<4>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFFFFFF);
   }
-}
-
-// sign_codes for fp32, element by element.
-std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
-  const int64_t n = x.numel();
-  auto sign = torch::empty_like(x);
-  auto packed = torch::zeros({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
-  const float* in = x.data_ptr<float>();
-  float* out = sign.data_ptr<float>();
-  uint8_t* codes = packed.data_ptr<uint8_t>();
-  const float limit = static_cast<float>(clip);
-  at::parallel_for(0, (n + 3) / 4, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      uint8_t byte = 0;
-      for (int64_t j = 4 * b; j < std::min(n, 4 * b + 4); ++j) {
-        const bool positive = in[j] >= 0.0f, inside = std::abs(in[j]) <= limit;
-        out[j] = positive ? 1.0f : -1.0f;
-        byte |= static_cast<uint8_t>((positive | (inside << 1)) << (2 * (j - 4 * b)));
-      }
-      codes[b] = byte;
-    }
-  });
-  return {sign, packed};
 }
 
 // MagnitudeAwareSign's binary weight: out[i] = +scale[c] where w[i] >= 0 (-0.0 included), else

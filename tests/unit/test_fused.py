@@ -97,7 +97,7 @@ def test_sign_and_codes(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("numel", [1, 3, 4, 13, 4099])
+@pytest.mark.parametrize("numel", [1, 3, 4, 13, 64, 65, 4099])
 @pytest.mark.parametrize("clip", [1.0, 1.302])
 def test_cpu_kernels_equal_the_aten_ops(dtype: torch.dtype, numel: int, clip: float) -> None:
     if fused_cpu.kernels() is None:
