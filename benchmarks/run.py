@@ -33,6 +33,7 @@ from typing import Any
 from targets import images_per_second, summarize
 
 HERE = Path(__file__).resolve().parent
+KEPT = {"cpu_memory": False}  # whether main() applied keep_freed_memory
 
 
 def hardware() -> dict[str, Any]:
@@ -58,11 +59,16 @@ def hardware() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1m": load_average(),
+        "keep_cpu_memory": KEPT["cpu_memory"],
     }
 
 
 def _yes(flag: bool | None) -> str:
     return "?" if flag is None else "yes" if flag else "no (precision: auto trains in fp32)"
+
+
+def _kept(flag: bool | None) -> str:
+    return "?" if flag is None else "yes" if flag else "no (glibc's defaults)"
 
 
 def load_average() -> float | None:
@@ -93,7 +99,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads, "
         f"{hw.get('cpu_capability', '?')}, native bf16: {_yes(hw.get('native_bf16'))}); "
-        f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}, Python {hw['python']}. "
+        f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}, Python {hw['python']}; "
+        f"freed CPU memory kept (as the bnn CLI on the CPU): {_kept(hw.get('keep_cpu_memory'))}. "
         f"Load average (1 min) {hw['load_avg_1m']} at the start, {results['load_avg_end']} at "
         f"the end: more than {hw['cores']} means other processes competed for the cores.",
         "",
@@ -227,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch threads for the in-process benchmarks (default: torch's)"
     )
     parser.add_argument(
+        "--keep-cpu-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc keeps freed memory, as the bnn CLI does on the CPU (bnn_lightning.cpu_memory)",
+    )
+    parser.add_argument(
         "--render", type=Path, help="rewrite the report of an existing results .json, no runs"
     )
     args = parser.parse_args(argv)
@@ -237,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.keep_cpu_memory:
+        from bnn_lightning.cpu_memory import keep_freed_memory
+
+        KEPT["cpu_memory"] = keep_freed_memory()
     sys.path.insert(0, str(HERE))
     results = run_all(args.only, args.quick)
     write(results, args.out / results["date"])

@@ -24,7 +24,9 @@ What it adds to plain LightningCLI:
   ``LearningRateMonitor`` in ``fit`` (the lr of every parameter group) and ``AtomicCheckpointIO``.
 - ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
   (``auto`` leaves the cores that other processes keep busy now alone, see
-  :func:`bnn_lightning.threads.auto_threads`).
+  :func:`bnn_lightning.threads.auto_threads`); ``keep_cpu_memory`` (on by default: training on
+  the CPU reuses freed memory instead of faulting in fresh pages each step, see
+  :mod:`bnn_lightning.cpu_memory`).
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
   writes a checkpoint's network with 1-bit packed weights
   (:func:`bnn_lightning.export.export_checkpoint`).
@@ -50,6 +52,7 @@ from bnn_lightning.callbacks.timing import PhaseTimes
 from bnn_lightning.checkpoint_io import read_checkpoint
 from bnn_lightning.cli_defaults import add_defaults
 from bnn_lightning.cli_errors import run_reporting_errors
+from bnn_lightning.cpu_memory import keep_freed_memory
 from bnn_lightning.data.base import ImageDataModule
 from bnn_lightning.export import ExportReport, export_checkpoint
 from bnn_lightning.last_checkpoint import recorded_best, split_last_checkpoint
@@ -310,6 +313,13 @@ class BNNCLI(LightningCLI):
             default=None,
             help="CPU threads of PyTorch: a number, auto (cores not busy elsewhere now), or null.",
         )
+        parser.add_argument(
+            "--keep_cpu_memory",
+            type=bool,
+            default=True,
+            help="On the CPU, glibc malloc keeps freed memory for the next step (no page faults "
+            "on large activations; see bnn_lightning.cpu_memory).",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Pick the data; put checkpoints and logs under ``default_root_dir``; pick the W&B mode;
@@ -332,7 +342,7 @@ class BNNCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         """Give ``last.ckpt`` its own checkpoint callback (:mod:`bnn_lightning.last_checkpoint`);
-        apply the ``threads``, ``channels_last`` and ``compile`` switches."""
+        apply the ``threads``, ``keep_cpu_memory``, ``channels_last`` and ``compile`` switches."""
         config = self.config.get(str(self.subcommand), self.config)
         best = self.config_init.get(str(self.subcommand), self.config_init).get("checkpoint")
         last = split_last_checkpoint(best, config.checkpoint) if best is not None else None
@@ -346,11 +356,14 @@ class BNNCLI(LightningCLI):
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
             rank_zero_info(f"torch threads: {torch.get_num_threads()} (threads: {threads})")
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        if on_cpu and config.get("keep_cpu_memory") and keep_freed_memory():
+            rank_zero_info("CPU memory: freed blocks kept for the next step (keep_cpu_memory)")
         net = getattr(self.model, "net", self.model)
         if config.get("channels_last"):
             net.to(memory_format=torch.channels_last)
         if config.get("compile"):
-            if self.trainer.strategy.root_device.type == "cpu":
+            if on_cpu:
                 check_cpp_compiler()
             net.compile()
 

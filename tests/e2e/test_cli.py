@@ -16,6 +16,7 @@ import pytest
 import torch
 from fakes import CONFIGS, ROOT, allow_fake_cifar, tiny_data_args, tiny_run_args
 
+from bnn_lightning import cli as cli_module
 from bnn_lightning.checkpoints import net_from_checkpoint
 from bnn_lightning.cli import BNNCLI, main
 from bnn_lightning.data import CIFAR10DataModule
@@ -107,6 +108,16 @@ def _idle_cpu_times(clock: float) -> SimpleNamespace:
     """``psutil.cpu_times()`` of an idle 2-core machine ``clock`` seconds after boot."""
     fields = {"user": 0.01 * clock, "system": 0.01 * clock, "idle": 1.98 * clock}
     return SimpleNamespace(_asdict=lambda: fields)
+
+
+@pytest.mark.parametrize(("given", "applied"), [([], 1), (["--keep_cpu_memory", "false"], 0)])
+def test_keep_cpu_memory_is_on_by_default_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], applied: int
+) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(cli_module, "keep_freed_memory", lambda: calls.append(None) or True)
+    BNNCLI(args=[*quick_args(tmp_path), *given], run=False)
+    assert len(calls) == applied
 
 
 def test_threads_switch_sets_torch_threads(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ def test_summary_on_a_cpu_without_bf16_judges_fp32_channels_last() -> None:
         step_row(label, "float", 1000.0),
     ]
     results["hardware"] |= {"cpu_capability": "AVX2", "native_bf16": False}
+    results["hardware"]["keep_cpu_memory"] = True
     results["summary"] = targets.summarize(results)
     summary = by_measure(results["summary"])
     time = summary["ResNet-18 train step time, binary / float, fp32 + channels_last"]
@@ -126,7 +127,9 @@ def test_summary_on_a_cpu_without_bf16_judges_fp32_channels_last() -> None:
     memory = summary["ResNet-18 train step peak memory, binary / float, fp32 + channels_last"]
     assert memory["number"] == 0.7 and memory["met"] is True
     assert not any("bf16 + channels_last" in measure for measure in summary)
-    assert "AVX2, native bf16: no (precision: auto trains in fp32)" in runner.markdown(results)
+    report = runner.markdown(results)
+    assert "AVX2, native bf16: no (precision: auto trains in fp32)" in report
+    assert "freed CPU memory kept (as the bnn CLI on the CPU): yes" in report
 
 
 def test_summary_of_an_empty_run_reports_everything_as_not_measured() -> None:
