@@ -36,6 +36,7 @@ What it adds to plain LightningCLI:
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -206,6 +207,35 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config, **model_summary})
 
 
+def _model_values(config: Namespace, subcommand: str | None) -> dict[str, Any]:
+    """The ``model.*`` values of a parsed config, by dotted key (empty without a subcommand)."""
+    model = config.get(f"{subcommand}.model") if subcommand else None
+    return dict(model.items()) if isinstance(model, Namespace) else {}
+
+
+# model values that BNNCLI links from data.num_classes when it instantiates the classes
+_LINKED = ("num_classes", "net.init_args.num_classes")
+
+
+def _same_value(key: str, before: Any, after: Any) -> bool:
+    """Whether a checkpoint's ``after`` leaves ``model.<key>`` as given: equal, a link target
+    (set from the data later), or a ``class_path`` naming the same class another way."""
+    if before == after or key in _LINKED:
+        return True
+    if key.endswith("class_path") and isinstance(before, str) and isinstance(after, str):
+        return _import_class(before) is _import_class(after) is not None
+    return False
+
+
+def _import_class(path: str) -> Any:
+    """The object a dotted ``module.Name`` path names, None if it does not import."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
 def _pick_data(config: Namespace) -> str | None:
     """Put ``data_fallback`` in place of ``data`` when no data root was given; else check it.
 
@@ -272,6 +302,26 @@ class BNNCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
             read_checkpoint(ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: a ``ckpt_path`` file's saved hyperparameters replace the ``model.*``
+        values of the command line and configs. Then one warning names each value replaced, so a
+        ``--model.*`` given with ``--ckpt_path`` is not dropped silently."""
+        subcommand = self.config.get("subcommand")
+        before = _model_values(self.config, subcommand)
+        super()._parse_ckpt_path()
+        after = _model_values(self.config, subcommand)
+        replaced = [
+            f"model.{key}={before[key]!r} -> {after[key]!r}"
+            for key in sorted(before)
+            if key in after and not _same_value(key, before[key], after[key])
+        ]
+        if replaced:
+            rank_zero_warn(
+                f"--ckpt_path {self.config[subcommand].ckpt_path}: the checkpoint's saved "
+                f"hyperparameters replace {', '.join(replaced)} (LightningCLI rebuilds the model "
+                "it saved); to train from its weights with other settings, use --model.init_from."
+            )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

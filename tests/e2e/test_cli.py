@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -205,6 +206,23 @@ def test_quickstart_as_shipped_compiles_and_validates_six_views(
         args = [*quick_args(tmp_path), "--ckpt_path", str(ckpt), "--model.tta", tta]
         cli = BNNCLI(args=["validate", *args, "--trainer.limit_val_batches", "1"])
         assert cli.model.tta == tta
+
+
+def test_each_model_value_a_checkpoint_replaces_is_named_in_a_warning(tmp_path: Path) -> None:
+    """LightningCLI restores a ``--ckpt_path`` file's hyperparameters over ``--model.*`` values;
+    each value replaced is named in one warning, and the same values warn nothing."""
+    main(["fit", *quick_args(tmp_path), *two_steps(1)])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    args = [*quick_args(tmp_path), "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1"]
+    with pytest.warns(UserWarning, match="saved hyperparameters replace") as caught:
+        cli = BNNCLI(args=["validate", *args, "--model.label_smoothing", "0.3"])
+    replaced = [str(w.message) for w in caught if "hyperparameters replace" in str(w.message)]
+    assert len(replaced) == 1 and "model.label_smoothing=0.3 -> 0.1" in replaced[0], replaced
+    assert cli.model.criterion.label_smoothing == 0.1  # the checkpoint's value is used
+    with warnings.catch_warnings(record=True) as caught_again:
+        warnings.simplefilter("always")
+        BNNCLI(args=["validate", *args])
+    assert not [w for w in caught_again if "hyperparameters replace" in str(w.message)]
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(
