@@ -14,8 +14,9 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Literal
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from torch.optim.lr_scheduler import OneCycleLR as TorchOneCycleLR
 
 if TYPE_CHECKING:
@@ -25,8 +26,10 @@ __all__ = [
     "RunLength",
     "build_scheduler",
     "check_resumed_length",
+    "decay_milestones",
     "resolve_total_steps",
     "trainer_run_length",
+    "warn_unreached_milestones",
 ]
 
 _CURRENT: ContextVar[RunLength | None] = ContextVar("bnn_lightning_run_length", default=None)
@@ -124,7 +127,37 @@ def build_scheduler(
                 f"{length.get()} steps; use bnn_lightning.OneCycleLR, which takes the run's length "
                 "from the trainer."
             )
+    warn_unreached_milestones(scheduler, trainer, interval)
     return scheduler, whole[0] if length.used else None
+
+
+def decay_milestones(scheduler: LRScheduler) -> list[int]:
+    """The absolute milestones of a step decay (:class:`~bnn_lightning.WarmupMultiStepLR`,
+    torch's ``MultiStepLR``); empty for other schedules."""
+    if isinstance(scheduler, MultiStepLR):
+        return sorted(scheduler.milestones)
+    return list(getattr(scheduler, "decay_milestones", []))
+
+
+def warn_unreached_milestones(
+    scheduler: LRScheduler, trainer: Trainer, interval: Literal["epoch", "step"]
+) -> None:
+    """One warning when step-decay milestones lie at or past the end of the run: the lr never
+    decays there (a recipe's epochs, e.g. CIFAR-100's 150, 250, 320, on a shorter run)."""
+    milestones = decay_milestones(scheduler)
+    if not milestones:
+        return
+    try:
+        whole = trainer_run_length(trainer, interval)
+    except ValueError:  # a run without an end: every milestone may come
+        return
+    late = [m for m in milestones if m >= whole]
+    if late:
+        unit = "optimizer steps" if interval == "step" else "epochs"
+        rank_zero_warn(
+            f"lr milestones {late} are at or past the end of the run ({whole} {unit}): the lr "
+            f"never decays there; scale the milestones to the run's length, or lengthen the run."
+        )
 
 
 def check_resumed_length(saved: int | None, current: int | None, interval: str) -> None:

@@ -215,6 +215,7 @@ class WarmupMultiStepLR(SequentialLR):
             raise ValueError(
                 f"milestones={milestones} must increase and exceed warmup_epochs={warmup_epochs}."
             )
+        self.decay_milestones = milestones  # absolute, for the run-length check
         main = MultiStepLR(optimizer, [m - warmup_epochs for m in milestones], gamma)
         schedulers, switch = _chain(optimizer, warmup_epochs, warmup_mode, warmup_factor, main)
         super().__init__(optimizer, schedulers, switch)

@@ -3,6 +3,8 @@ epochs and batch size, a mid-run resume on the same curve, a stage-2 schedule ov
 
 from __future__ import annotations
 
+import functools
+import warnings
 from itertools import pairwise
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bnn_lightning.callbacks import StageHandoff
 from bnn_lightning.module import BNNClassifier
-from bnn_lightning.schedules import LinearDecayLR, OneCycleLR
+from bnn_lightning.schedules import LinearDecayLR, OneCycleLR, WarmupMultiStepLR
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "cifar10" / "quickstart.yaml"
 
@@ -162,3 +164,32 @@ def test_stage2_schedule_spans_what_is_left(tmp_path: Path) -> None:
     stage2 = [recorder.lrs[s] for s in range(10, 30)]
     assert max(stage2) == pytest.approx(5e-4) and stage2.index(max(stage2)) == round(0.3 * 19)
     assert stage2[-1] == pytest.approx(5e-4 / 25 / 1e4)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "late"),
+    [
+        (
+            functools.partial(WarmupMultiStepLR, milestones=[1, 150, 250], warmup_epochs=0),
+            "[150, 250]",
+        ),
+        (functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1, 2]), "[2]"),
+        (functools.partial(WarmupMultiStepLR, milestones=[1]), None),
+    ],
+)
+def test_step_decay_milestones_past_the_run_warn(
+    schedule: functools.partial, late: str | None, tmp_path: Path
+) -> None:
+    """A recipe's milestones on a shorter run (2 epochs: decays at epoch 0 or 1 only) are named."""
+    module = BNNClassifier(TinyNet(), lr_scheduler=schedule, scheduler_interval="epoch")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, [], tmp_path, max_epochs=2)
+    found = [str(w.message) for w in caught if "lr milestones" in str(w.message)]
+    if late is None:
+        assert not found
+    else:
+        assert found == [
+            f"lr milestones {late} are at or past the end of the run (2 epochs): the lr never "
+            "decays there; scale the milestones to the run's length, or lengthen the run."
+        ]
