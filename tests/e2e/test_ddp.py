@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -36,6 +37,14 @@ def test_two_cpu_processes_train_in_sync_and_save_a_loadable_checkpoint(tmp_path
     assert ranks[0]["params_sum"] == ranks[1]["params_sum"]  # gradients were all-reduced
     assert ranks[0]["val"] == ranks[1]["val"] and "val/acc_top1" in ranks[0]["val"]  # synced
     assert ranks[0]["norms_in_training"] == ["GlobalBatchNorm"]  # the preset's BatchNorm sync
+    # predict: each rank writes its own CSV; together every image once, none twice
+    files = [Path(rank["predictions"]["file"]) for rank in ranks]
+    assert [f.name for f in files] == ["predictions-rank0.csv", "predictions-rank1.csv"]
+    rows = [list(csv.DictReader(f.open())) for f in files]
+    assert [len(r) for r in rows] == [rank["predictions"]["rows"] for rank in ranks]
+    paths = [row["path"] for share in rows for row in share]
+    images = sorted(str(p) for p in (tmp_path / "tree").rglob("*") if p.is_file())
+    assert sorted(paths) == images and all(rows)
     net = net_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     params = torch.cat([p.detach().flatten().float() for p in net.parameters()])
     assert params.abs().sum().item() == pytest.approx(ranks[0]["params_abs_sum"], rel=1e-6)
