@@ -33,7 +33,6 @@ from typing import Any
 from targets import images_per_second, summarize
 
 HERE = Path(__file__).resolve().parent
-KEPT = {"cpu_memory": False}  # whether main() applied keep_freed_memory
 
 
 def hardware() -> dict[str, Any]:
@@ -59,16 +58,11 @@ def hardware() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1m": load_average(),
-        "keep_cpu_memory": KEPT["cpu_memory"],
     }
 
 
-def _yes(flag: bool | None) -> str:
-    return "?" if flag is None else "yes" if flag else "no (precision: auto trains in fp32)"
-
-
-def _kept(flag: bool | None) -> str:
-    return "?" if flag is None else "yes" if flag else "no (glibc's defaults)"
+def _yes(flag: bool | None, no: str) -> str:
+    return "?" if flag is None else "yes" if flag else f"no ({no})"
 
 
 def load_average() -> float | None:
@@ -94,13 +88,15 @@ def discover(only: list[str] | None) -> list[tuple[str, ModuleType]]:
 def markdown(results: dict[str, Any]) -> str:
     """The results as a markdown report, one table per benchmark."""
     hw = results["hardware"]
+    bf16 = _yes(hw.get("native_bf16"), "precision: auto trains in fp32")
+    kept = _yes(hw.get("keep_cpu_memory"), "glibc's defaults")
     lines = [
         f"# Benchmarks {results['date']}" + (" (--quick)" if results["quick"] else ""),
         "",
         f"CPU: {hw['cpu']} ({hw['cores']} cores, {hw['torch_threads']} torch threads, "
-        f"{hw.get('cpu_capability', '?')}, native bf16: {_yes(hw.get('native_bf16'))}); "
+        f"{hw.get('cpu_capability', '?')}, native bf16: {bf16}); "
         f"GPU: {hw['gpu'] or 'none'}; torch {hw['torch']}, Python {hw['python']}; "
-        f"freed CPU memory kept (as the bnn CLI on the CPU): {_kept(hw.get('keep_cpu_memory'))}. "
+        f"freed CPU memory kept (as the bnn CLI on the CPU): {kept}. "
         f"Load average (1 min) {hw['load_avg_1m']} at the start, {results['load_avg_end']} at "
         f"the end: more than {hw['cores']} means other processes competed for the cores.",
         "",
@@ -192,11 +188,12 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def run_all(only: list[str] | None, quick: bool) -> dict[str, Any]:
-    """Run the benchmarks in name order; a failing one is reported, the others still run."""
+def run_all(only: list[str] | None, quick: bool, kept: bool = False) -> dict[str, Any]:
+    """Run the benchmarks in name order; a failing one is reported, the others still run.
+    ``kept``: whether :func:`bnn_lightning.cpu_memory.keep_freed_memory` was applied."""
     results: dict[str, Any] = {
         "date": dt.datetime.now().strftime("%Y-%m-%d_%H%M"),
-        "hardware": hardware(),
+        "hardware": {**hardware(), "keep_cpu_memory": kept},
         "quick": quick,
         "benchmarks": {},
     }
@@ -250,12 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.keep_cpu_memory:
-        from bnn_lightning.cpu_memory import keep_freed_memory
+    from bnn_lightning.cpu_memory import keep_freed_memory
 
-        KEPT["cpu_memory"] = keep_freed_memory()
+    kept = args.keep_cpu_memory and keep_freed_memory()
     sys.path.insert(0, str(HERE))
-    results = run_all(args.only, args.quick)
+    results = run_all(args.only, args.quick, kept)
     write(results, args.out / results["date"])
     return 1 if any("error" in r for r in results["benchmarks"].values()) else 0
 

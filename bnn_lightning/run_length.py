@@ -115,11 +115,12 @@ def build_scheduler(
     done = trainer.global_step if interval == "step" else trainer.current_epoch
     whole: list[int] = []
 
-    def left() -> int:
-        whole.append(trainer_run_length(trainer, interval))
-        return whole[0] - done
+    def run_length() -> int:  # computed once, for the schedule and the milestone check
+        if not whole:
+            whole.append(trainer_run_length(trainer, interval))
+        return whole[0]
 
-    with RunLength(left) as length:
+    with RunLength(lambda: run_length() - done) as length:
         scheduler = factory(optimizer)
         if isinstance(scheduler, TorchOneCycleLR) and scheduler.total_steps != length.get():
             raise ValueError(
@@ -127,7 +128,7 @@ def build_scheduler(
                 f"{length.get()} steps; use bnn_lightning.OneCycleLR, which takes the run's length "
                 "from the trainer."
             )
-    warn_unreached_milestones(scheduler, trainer, interval)
+    warn_unreached_milestones(scheduler, run_length, interval)
     return scheduler, whole[0] if length.used else None
 
 
@@ -140,15 +141,16 @@ def decay_milestones(scheduler: LRScheduler) -> list[int]:
 
 
 def warn_unreached_milestones(
-    scheduler: LRScheduler, trainer: Trainer, interval: Literal["epoch", "step"]
+    scheduler: LRScheduler, run_length: Callable[[], int], interval: Literal["epoch", "step"]
 ) -> None:
-    """One warning when step-decay milestones lie at or past the end of the run: the lr never
-    decays there (a recipe's epochs, e.g. CIFAR-100's 150, 250, 320, on a shorter run)."""
+    """One warning when step-decay milestones lie at or past the end of the run (``run_length()``
+    scheduler steps): the lr never decays there (a recipe's epochs, e.g. CIFAR-100's 150, 250,
+    320, on a shorter run). The length is only computed for a step decay."""
     milestones = decay_milestones(scheduler)
     if not milestones:
         return
     try:
-        whole = trainer_run_length(trainer, interval)
+        whole = run_length()
     except ValueError:  # a run without an end: every milestone may come
         return
     late = [m for m in milestones if m >= whole]
