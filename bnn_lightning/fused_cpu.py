@@ -3,9 +3,13 @@
 :mod:`bnn_lightning.fused` computes ``sign(x)`` and the packed codes ``1[x >= 0] + 2 *
 1[|x| <= clip]`` with ATen ops, about ten passes over the activations in forward and seven in
 backward; on a CPU that is most of what a binary training step costs beyond a float one. These two
-kernels make one pass each, on the bits of the floats (2-byte floats four to a 64-bit word; fp32 in
-blocks of 64 elements, a branch-free loop the compiler vectorises: 3.7-4x faster than the
-element-by-element loop it replaced, 4.4 ms for 4.2M elements on one AVX2 core):
+kernels make one pass each, on the bits of the floats, with the widest vector instructions the
+CPU has (:func:`level`, chosen at run time, so one build serves every x86 CPU): AVX-512 BW
+(compare masks, 32 elements a step, the masks interleaved into codes with BMI2 ``pdep``/``pext``)
+or AVX2 (compares and byte masks), else portable C++ (2-byte floats four to a 64-bit word; fp32 in
+blocks of 64 elements that the compiler vectorises). The vector kernels make the bf16 forward
+7x and the backward 8x faster than the portable ones (``benchmarks/bench_binary_vs_float.py``
+measures the training step they serve):
 
 * ``sign_codes``: reads ``x``, writes ``sign(x)`` (+-1) and the codes, four to a byte.
 * ``codes_backward``: reads the codes, writes the +-1 input that the weight gradient needs and
@@ -33,9 +37,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 __all__ = [
+    "LEVELS",
     "binary_weight",
     "codes_backward",
     "kernels",
+    "level",
     "sign_codes",
     "usable",
     "weight_grad",
@@ -46,6 +52,7 @@ _SOURCE = Path(__file__).with_name("csrc") / "fused_cpu.cpp"
 _DTYPES = (torch.bfloat16, torch.float16)
 _FLOATS = (*_DTYPES, torch.float32)
 _LAST = torch.channels_last  # keeps the output channel outermost in memory
+LEVELS = ("portable", "avx2", "avx512")  # the kernels' instruction sets, by level
 
 
 @functools.cache
@@ -67,6 +74,13 @@ def kernels() -> Any | None:
     except Exception as error:  # no compiler, no write access: the ATen path does the same
         rank_zero_warn(f"Fused CPU kernels unavailable ({type(error).__name__}); using ATen ops.")
         return None
+
+
+@functools.cache
+def level() -> int:
+    """The kernels this CPU runs, an index of :data:`LEVELS`: 2 with AVX-512 BW and BMI2, 1 with
+    AVX2, else 0 (every level gives the same bits; tests run each one the CPU has)."""
+    return int(_built().best_level())
 
 
 def _built() -> Any:
@@ -91,10 +105,10 @@ def usable(device: torch.device, dtype: torch.dtype) -> bool:
 def sign_codes(x: Tensor, clip: float) -> tuple[Tensor, Tensor]:
     """``(sign(x), packed codes)`` of a dense float tensor, in its memory order."""
     if x.dtype == torch.float32:
-        sign, packed = _built().sign_codes_float(x, clip)
+        sign, packed = _built().sign_codes_float(x, clip, level())
     else:
         infinity, one = _bits(float("inf"), x.dtype), _bits(1.0, x.dtype)
-        sign, packed = _built().sign_codes(x, infinity, _bits(clip, x.dtype), one)
+        sign, packed = _built().sign_codes(x, infinity, _bits(clip, x.dtype), one, level())
     return sign, packed
 
 
@@ -103,7 +117,7 @@ def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> 
     dense 2-byte floats in the codes' memory order, either may be None)."""
     like = sign if sign is not None else grad
     assert like is not None
-    _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype))
+    _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype), level())
 
 
 def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:

@@ -3,6 +3,11 @@
 #include <ATen/Parallel.h>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BNN_X86 1
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr uint64_t kHigh = 0x8000800080008000ULL;  // bit 15 of each 16-bit lane
@@ -23,34 +28,320 @@ struct Word {
 
 // Four 2-byte floats: sign (+1 for x >= 0, -0.0 included; -1 below and for NaN), and the codes
 // 1[x >= 0] | 1[|x| <= clip] << 1 of element k at bits 2k.
-inline Word encode(uint64_t v, uint64_t infinity, uint64_t clip, uint64_t minus_one) {
+// `clip` is the largest magnitude inside in each lane; `any` is 0 where none is (kHigh else).
+inline Word encode(uint64_t v, uint64_t infinity, uint64_t clip, uint64_t minus_one,
+                   uint64_t any) {
   const uint64_t magnitude = v & ~kHigh;
   const uint64_t number = at_most(magnitude, infinity);
   const uint64_t zero = at_most(magnitude, 0);
   const uint64_t positive = number & (~v | zero) & kHigh;
-  const uint64_t inside = at_most(magnitude, clip);
+  const uint64_t inside = at_most(magnitude, clip) & any;
   const uint64_t gathered =
       (((positive >> 15) * kGather) >> 56) | (((inside >> 15) * kGather) >> 55);
   return {minus_one ^ positive, static_cast<uint8_t>(gathered)};
 }
 
+
+// Vector kernels, chosen at run time by the CPU's instruction sets (level 2: AVX-512 BW with
+// BMI2, level 1: AVX2, level 0: the portable kernels below). They work on groups of 32 elements,
+// whose 2-bit codes are one little-endian 64-bit word: element j's 1[x >= 0] at bit 2j and its
+// 1[|x| <= clip] at bit 2j + 1, the same bytes as the portable kernels write. A tensor's last
+// (numel % 32) elements go to the portable kernels.
+constexpr int64_t kGroup = 32;
+constexpr uint64_t kEven = 0x5555555555555555ULL, kOdd = 0xAAAAAAAAAAAAAAAAULL;
+
+int64_t best_level() {
+#ifdef BNN_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("bmi2")) {
+    return 2;
+  }
+  if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+  return 0;
+}
+
+// |x| <= clip on the bits of 2-byte floats: magnitude < the returned bound (0 when no x is
+// inside: a negative or NaN clip; -0.0 acts as 0.0).
+inline uint16_t inside_bound16(int64_t clip, uint16_t infinity) {
+  const uint16_t bits = clip & 0xFFFF, magnitude = bits & 0x7FFF;
+  if (((bits & 0x8000) && magnitude) || magnitude > infinity) return 0;
+  return magnitude + 1;
+}
+
+// Bits 0..31 of `x` moved to the even bits of the result (bit k to bit 2k).
+inline uint64_t spread(uint64_t x) {
+  x = (x | (x << 16)) & 0x0000FFFF0000FFFFULL;
+  x = (x | (x << 8)) & 0x00FF00FF00FF00FFULL;
+  x = (x | (x << 4)) & 0x0F0F0F0F0F0F0F0FULL;
+  x = (x | (x << 2)) & 0x3333333333333333ULL;
+  return (x | (x << 1)) & kEven;
+}
+
+#ifdef BNN_X86
+#define BNN_AVX512 __attribute__((target("avx512f,avx512bw,bmi2")))
+#define BNN_AVX2 __attribute__((target("avx2")))
+
+BNN_AVX512 void sign_codes16_avx512(const uint16_t* in, uint16_t* out, uint8_t* codes,
+                                    int64_t begin, int64_t end, uint16_t infinity,
+                                    uint16_t bound, uint16_t one) {
+  const __m512i low = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(infinity);
+  const __m512i limit = _mm512_set1_epi16(bound), plus = _mm512_set1_epi16(one);
+  const __m512i minus = _mm512_set1_epi16(one | 0x8000), zeros = _mm512_setzero_si512();
+  for (int64_t i = begin; i < end; ++i) {
+    const __m512i v = _mm512_loadu_si512(in + kGroup * i);
+    const __m512i magnitude = _mm512_and_si512(v, low);
+    const __mmask32 positive =
+        (_mm512_cmpge_epi16_mask(v, zeros) & _mm512_cmple_epu16_mask(magnitude, inf)) |
+        _mm512_testn_epi16_mask(magnitude, magnitude);
+    const __mmask32 inside = _mm512_cmplt_epu16_mask(magnitude, limit);
+    _mm512_storeu_si512(out + kGroup * i, _mm512_mask_blend_epi16(positive, minus, plus));
+    const uint64_t word = _pdep_u64(positive, kEven) | _pdep_u64(inside, kOdd);
+    std::memcpy(codes + 8 * i, &word, 8);
+  }
+}
+
+BNN_AVX512 void sign_codes32_avx512(const uint32_t* in, uint32_t* out, uint8_t* codes,
+                                    int64_t begin, int64_t end, uint32_t bound) {
+  const __m512i low = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+  const __m512i limit = _mm512_set1_epi32(bound), plus = _mm512_set1_epi32(0x3F800000);
+  const __m512i minus = _mm512_set1_epi32(0xBF800000), zeros = _mm512_setzero_si512();
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t positive = 0, inside = 0;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t at = kGroup * i + 16 * h;
+      const __m512i v = _mm512_loadu_si512(in + at);
+      const __m512i magnitude = _mm512_and_si512(v, low);
+      const __mmask16 p =
+          (_mm512_cmpge_epi32_mask(v, zeros) & _mm512_cmple_epu32_mask(magnitude, inf)) |
+          _mm512_testn_epi32_mask(magnitude, magnitude);
+      _mm512_storeu_si512(out + at, _mm512_mask_blend_epi32(p, minus, plus));
+      positive |= uint64_t(p) << (16 * h);
+      inside |= uint64_t(_mm512_cmplt_epu32_mask(magnitude, limit)) << (16 * h);
+    }
+    const uint64_t word = _pdep_u64(positive, kEven) | _pdep_u64(inside, kOdd);
+    std::memcpy(codes + 8 * i, &word, 8);
+  }
+}
+
+BNN_AVX512 void codes_backward16_avx512(const uint8_t* codes, uint16_t* s, uint16_t* g,
+                                        int64_t begin, int64_t end, uint16_t one) {
+  const __m512i plus = _mm512_set1_epi16(one), minus = _mm512_set1_epi16(one | 0x8000);
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t word;
+    std::memcpy(&word, codes + 8 * i, 8);
+    const int64_t at = kGroup * i;
+    if (s) {
+      const __mmask32 positive = static_cast<__mmask32>(_pext_u64(word, kEven));
+      _mm512_storeu_si512(s + at, _mm512_mask_blend_epi16(positive, minus, plus));
+    }
+    if (g) {
+      const __mmask32 inside = static_cast<__mmask32>(_pext_u64(word, kOdd));
+      _mm512_storeu_si512(g + at, _mm512_maskz_loadu_epi16(inside, g + at));
+    }
+  }
+}
+
+BNN_AVX512 void codes_backward32_avx512(const uint8_t* codes, uint32_t* s, uint32_t* g,
+                                        int64_t begin, int64_t end) {
+  const __m512i plus = _mm512_set1_epi32(0x3F800000), minus = _mm512_set1_epi32(0xBF800000);
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t word;
+    std::memcpy(&word, codes + 8 * i, 8);
+    const uint64_t positive = _pext_u64(word, kEven), inside = _pext_u64(word, kOdd);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t at = kGroup * i + 16 * h;
+      const __mmask16 p = static_cast<__mmask16>(positive >> (16 * h));
+      const __mmask16 k = static_cast<__mmask16>(inside >> (16 * h));
+      if (s) _mm512_storeu_si512(s + at, _mm512_mask_blend_epi32(p, minus, plus));
+      if (g) _mm512_storeu_si512(g + at, _mm512_maskz_loadu_epi32(k, g + at));
+    }
+  }
+}
+
+// AVX2 has no unsigned or mask compares: the magnitudes (sign bit clear) compare as signed
+// integers, and a byte mask of a 16-bit lane holds its bit twice (bits 2j and 2j + 1).
+BNN_AVX2 void sign_codes16_avx2(const uint16_t* in, uint16_t* out, uint8_t* codes,
+                                int64_t begin, int64_t end, uint16_t infinity, uint16_t bound,
+                                uint16_t one) {
+  const __m256i low = _mm256_set1_epi16(0x7FFF), above = _mm256_set1_epi16(infinity + 1);
+  const __m256i limit = _mm256_set1_epi16(bound), plus = _mm256_set1_epi16(one);
+  const __m256i minus = _mm256_set1_epi16(static_cast<int16_t>(one | 0x8000));
+  const __m256i all = _mm256_set1_epi16(-1), zeros = _mm256_setzero_si256();
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t word = 0;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t at = kGroup * i + 16 * h;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + at));
+      const __m256i magnitude = _mm256_and_si256(v, low);
+      const __m256i positive = _mm256_or_si256(
+          _mm256_and_si256(_mm256_cmpgt_epi16(v, all), _mm256_cmpgt_epi16(above, magnitude)),
+          _mm256_cmpeq_epi16(magnitude, zeros));
+      const __m256i inside = _mm256_cmpgt_epi16(limit, magnitude);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + at),
+                          _mm256_blendv_epi8(minus, plus, positive));
+      const uint32_t p = static_cast<uint32_t>(_mm256_movemask_epi8(positive));
+      const uint32_t k = static_cast<uint32_t>(_mm256_movemask_epi8(inside));
+      word |= uint64_t((p & 0x55555555u) | (k & 0xAAAAAAAAu)) << (32 * h);
+    }
+    std::memcpy(codes + 8 * i, &word, 8);
+  }
+}
+
+BNN_AVX2 void sign_codes32_avx2(const uint32_t* in, uint32_t* out, uint8_t* codes,
+                                int64_t begin, int64_t end, uint32_t bound) {
+  const __m256i low = _mm256_set1_epi32(0x7FFFFFFF), above = _mm256_set1_epi32(0x7F800001);
+  const __m256i limit = _mm256_set1_epi32(static_cast<int32_t>(bound));
+  const __m256i plus = _mm256_set1_epi32(0x3F800000);
+  const __m256i minus = _mm256_set1_epi32(static_cast<int32_t>(0xBF800000u));
+  const __m256i all = _mm256_set1_epi32(-1), zeros = _mm256_setzero_si256();
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t positive = 0, inside = 0;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t at = kGroup * i + 8 * q;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + at));
+      const __m256i magnitude = _mm256_and_si256(v, low);
+      const __m256i p = _mm256_or_si256(
+          _mm256_and_si256(_mm256_cmpgt_epi32(v, all), _mm256_cmpgt_epi32(above, magnitude)),
+          _mm256_cmpeq_epi32(magnitude, zeros));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + at), _mm256_blendv_epi8(minus, plus, p));
+      const __m256i k = _mm256_cmpgt_epi32(limit, magnitude);
+      positive |= uint64_t(_mm256_movemask_ps(_mm256_castsi256_ps(p))) << (8 * q);
+      inside |= uint64_t(_mm256_movemask_ps(_mm256_castsi256_ps(k))) << (8 * q);
+    }
+    const uint64_t word = spread(positive) | (spread(inside) << 1);
+    std::memcpy(codes + 8 * i, &word, 8);
+  }
+}
+
+BNN_AVX2 void codes_backward16_avx2(const uint8_t* codes, uint16_t* s, uint16_t* g,
+                                    int64_t begin, int64_t end, uint16_t one) {
+  const __m256i plus = _mm256_set1_epi16(one);
+  const __m256i minus = _mm256_set1_epi16(static_cast<int16_t>(one | 0x8000));
+  // lane j of each 128-bit half tests bit 2j (positive) and 2j + 1 (inside) of its 16 bits
+  const __m256i first = _mm256_setr_epi16(1, 4, 16, 64, 256, 1024, 4096, 16384, 1, 4, 16, 64,
+                                          256, 1024, 4096, 16384);
+  const __m256i second = _mm256_slli_epi16(first, 1);
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t word;
+    std::memcpy(&word, codes + 8 * i, 8);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t at = kGroup * i + 16 * h;
+      const uint32_t half = static_cast<uint32_t>(word >> (32 * h));
+      const __m256i v = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(half >> 16)),
+                                         _mm_set1_epi16(static_cast<int16_t>(half & 0xFFFF)));
+      if (s) {
+        const __m256i p = _mm256_cmpeq_epi16(_mm256_and_si256(v, first), first);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + at), _mm256_blendv_epi8(minus, plus, p));
+      }
+      if (g) {
+        const __m256i k = _mm256_cmpeq_epi16(_mm256_and_si256(v, second), second);
+        __m256i* to = reinterpret_cast<__m256i*>(g + at);
+        _mm256_storeu_si256(to, _mm256_and_si256(_mm256_loadu_si256(to), k));
+      }
+    }
+  }
+}
+
+BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t* g,
+                                    int64_t begin, int64_t end) {
+  const __m256i plus = _mm256_set1_epi32(0x3F800000);
+  const __m256i minus = _mm256_set1_epi32(static_cast<int32_t>(0xBF800000u));
+  const __m256i first = _mm256_setr_epi32(1, 4, 16, 64, 256, 1024, 4096, 16384);
+  const __m256i second = _mm256_slli_epi32(first, 1);
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t word;
+    std::memcpy(&word, codes + 8 * i, 8);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t at = kGroup * i + 8 * q;
+      const __m256i v = _mm256_set1_epi32(static_cast<int32_t>((word >> (16 * q)) & 0xFFFF));
+      if (s) {
+        const __m256i p = _mm256_cmpeq_epi32(_mm256_and_si256(v, first), first);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + at), _mm256_blendv_epi8(minus, plus, p));
+      }
+      if (g) {
+        const __m256i k = _mm256_cmpeq_epi32(_mm256_and_si256(v, second), second);
+        __m256i* to = reinterpret_cast<__m256i*>(g + at);
+        _mm256_storeu_si256(to, _mm256_and_si256(_mm256_loadu_si256(to), k));
+      }
+    }
+  }
+}
+#endif  // BNN_X86
+
+// The vector kernels over whole groups [0, numel / 32) at `level`; returns the groups done (0
+// at level 0 or where the build has no vector kernels).
+int64_t vector_sign_codes(const void* in, void* out, uint8_t* codes, int64_t numel, int bytes,
+                          int64_t level, uint16_t infinity, uint32_t bound, uint16_t one) {
+  const int64_t groups = level > 0 ? numel / kGroup : 0;
+#ifdef BNN_X86
+  at::parallel_for(0, groups, kGrain / kGroup, [&](int64_t begin, int64_t end) {
+    if (bytes == 2) {
+      auto x = static_cast<const uint16_t*>(in);
+      auto o = static_cast<uint16_t*>(out);
+      const uint16_t b = static_cast<uint16_t>(bound);
+      if (level >= 2) sign_codes16_avx512(x, o, codes, begin, end, infinity, b, one);
+      else sign_codes16_avx2(x, o, codes, begin, end, infinity, b, one);
+    } else {
+      auto x = static_cast<const uint32_t*>(in);
+      auto o = static_cast<uint32_t*>(out);
+      if (level >= 2) sign_codes32_avx512(x, o, codes, begin, end, bound);
+      else sign_codes32_avx2(x, o, codes, begin, end, bound);
+    }
+  });
+  return groups;
+#else
+  return 0;
+#endif
+}
+
+int64_t vector_codes_backward(const uint8_t* codes, void* s, void* g, int64_t numel, int bytes,
+                              int64_t level, uint16_t one) {
+  const int64_t groups = level > 0 ? numel / kGroup : 0;
+#ifdef BNN_X86
+  at::parallel_for(0, groups, kGrain / kGroup, [&](int64_t begin, int64_t end) {
+    if (bytes == 2) {
+      auto sign = static_cast<uint16_t*>(s);
+      auto grad = static_cast<uint16_t*>(g);
+      if (level >= 2) codes_backward16_avx512(codes, sign, grad, begin, end, one);
+      else codes_backward16_avx2(codes, sign, grad, begin, end, one);
+    } else {
+      auto sign = static_cast<uint32_t*>(s);
+      auto grad = static_cast<uint32_t*>(g);
+      if (level >= 2) codes_backward32_avx512(codes, sign, grad, begin, end);
+      else codes_backward32_avx2(codes, sign, grad, begin, end);
+    }
+  });
+  return groups;
+#else
+  return 0;
+#endif
+}
+
 }  // namespace
 
+// 2-byte floats (infinity and one: the dtype's bit patterns; clip: the bits of clip rounded to
+// the dtype): whole groups in the vector kernels at `level`, the rest four to a 64-bit word.
 std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t clip,
-                                      int64_t one) {
+                                      int64_t one, int64_t level) {
   const int64_t n = x.numel();
   auto sign = torch::empty_like(x);
   auto packed = torch::empty({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
   const uint8_t* in = static_cast<const uint8_t*>(x.data_ptr());
   uint8_t* out = static_cast<uint8_t*>(sign.data_ptr());
   uint8_t* codes = packed.data_ptr<uint8_t>();
-  const uint64_t inf4 = lanes(infinity), clip4 = lanes(clip), minus4 = lanes(one | 0x8000);
+  const uint16_t inf16 = infinity & 0xFFFF, one16 = one & 0xFFFF;
+  const uint16_t bound = inside_bound16(clip, inf16);
+  const int64_t done = kGroup * vector_sign_codes(in, out, codes, n, 2, level, inf16, bound, one16);
+  const uint64_t inf4 = lanes(inf16), clip4 = lanes(bound ? bound - 1 : 0);
+  const uint64_t minus4 = lanes(one16 | 0x8000), any = bound ? kHigh : 0;
   const int64_t words = n / 4;
-  at::parallel_for(0, words, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(done / 4, words, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       uint64_t v;
       std::memcpy(&v, in + 8 * w, 8);
-      const Word word = encode(v, inf4, clip4, minus4);
+      const Word word = encode(v, inf4, clip4, minus4, any);
       std::memcpy(out + 8 * w, &word.sign, 8);
       codes[w] = word.codes;
     }
@@ -59,7 +350,7 @@ std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t
   if (tail) {  // the last 1-3 elements, zero-padded to a word
     uint64_t v = 0;
     std::memcpy(&v, in + 8 * words, 2 * tail);
-    const Word word = encode(v, inf4, clip4, minus4);
+    const Word word = encode(v, inf4, clip4, minus4, any);
     std::memcpy(out + 8 * words, &word.sign, 2 * tail);
     codes[words] = word.codes & static_cast<uint8_t>((1 << (2 * tail)) - 1);
   }
@@ -68,11 +359,14 @@ std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t
 
 // The +-1 input rebuilt from the codes into sign (if given), and grad (if given, same memory
 // order) zeroed where the codes say |x| > clip: dense floats of Bytes bytes each (2 or 4; one is
-// the bit pattern of 1.0), numel elements. Each code byte stands for Bytes 64-bit-word halves
-// of four elements: two 256-entry tables give their signs and masks.
+// the bit pattern of 1.0), numel elements. Whole groups go to the vector kernels at `level`; for
+// the rest, each code byte stands for Bytes 64-bit-word halves of four elements: two 256-entry
+// tables give their signs and masks.
 template <int Bytes>
 void codes_backward_kernel(const uint8_t* codes, uint8_t* s, uint8_t* g, int64_t numel,
-                           uint64_t one) {
+                           uint64_t one, int64_t level) {
+  const int64_t done = kGroup * vector_codes_backward(codes, s, g, numel, Bytes, level,
+                                                      static_cast<uint16_t>(one & 0xFFFF));
   constexpr int kWords = Bytes / 2;  // 64-bit words per four elements
   constexpr int kBits = 8 * Bytes;
   const uint64_t sign_bit = uint64_t(1) << (kBits - 1), all = (sign_bit << 1) - 1;
@@ -96,7 +390,7 @@ void codes_backward_kernel(const uint8_t* codes, uint8_t* s, uint8_t* g, int64_t
     }
   };
   const int64_t full = numel / 4;
-  at::parallel_for(0, full, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(done / 4, full, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) block(i, 4 * Bytes);
   });
   if (numel % 4) block(full, Bytes * (numel % 4));
@@ -139,7 +433,7 @@ inline void encode_block(const uint32_t* v, uint32_t* out, uint32_t* c, int64_t 
   }
 }
 
-std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
+std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip, int64_t level) {
   const int64_t n = x.numel();
   auto sign = torch::empty_like(x);
   auto packed = torch::empty({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
@@ -147,11 +441,12 @@ std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
   uint32_t* out = static_cast<uint32_t*>(sign.data_ptr());
   uint8_t* codes = packed.data_ptr<uint8_t>();
   const uint32_t bound = inside_bound(clip);
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const int64_t done = kGroup * vector_sign_codes(in, out, codes, n, 4, level, 0, bound, 0);
+  const int64_t blocks = (n - done + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, kGrain / kBlock, [&](int64_t begin, int64_t end) {
     uint32_t c[kBlock];  // 32-bit codes: the element loop stays in one lane width
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * kBlock;
+      const int64_t first = done + b * kBlock;
       if (first + kBlock <= n) {
         encode_block(in + first, out + first, c, kBlock, bound);
         pack_block(c, codes + first / 4, kBlock / 4);
@@ -167,15 +462,16 @@ std::vector<torch::Tensor> sign_codes_float(torch::Tensor x, double clip) {
 }
 
 void codes_backward(torch::Tensor packed, c10::optional<torch::Tensor> sign,
-                    c10::optional<torch::Tensor> grad, int64_t numel, int64_t one) {
+                    c10::optional<torch::Tensor> grad, int64_t numel, int64_t one,
+                    int64_t level) {
   const torch::Tensor& like = sign.has_value() ? *sign : *grad;
   const uint8_t* codes = packed.data_ptr<uint8_t>();
   uint8_t* s = sign.has_value() ? static_cast<uint8_t*>(sign->data_ptr()) : nullptr;
   uint8_t* g = grad.has_value() ? static_cast<uint8_t*>(grad->data_ptr()) : nullptr;
   if (like.element_size() == 2) {
-    codes_backward_kernel<2>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFF);
+    codes_backward_kernel<2>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFF, level);
   } else {
-    codes_backward_kernel<4>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFFFFFF);
+    codes_backward_kernel<4>(codes, s, g, numel, static_cast<uint64_t>(one) & 0xFFFFFFFF, level);
   }
 }
 
@@ -237,6 +533,7 @@ torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor w, torch::Tensor sca
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("best_level", &best_level, "the fastest kernels this CPU runs: 2 AVX-512, 1 AVX2, 0");
   m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
   m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");
   m.def("weight_grad", &weight_grad, "MagnitudeAwareSign's latent-weight gradient");

@@ -96,12 +96,26 @@ def test_sign_and_codes(dtype: torch.dtype) -> None:
     assert unpack_codes(packed, x.numel()).tolist() == [0, 2, 2, 3, 3, 3, 3, 1, 1]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("numel", [1, 3, 4, 13, 64, 65, 4099])
-@pytest.mark.parametrize("clip", [1.0, 1.302])
-def test_cpu_kernels_equal_the_aten_ops(dtype: torch.dtype, numel: int, clip: float) -> None:
+@pytest.fixture(params=fused_cpu.LEVELS)
+def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each kernel level (portable, AVX2, AVX-512) that this CPU can run."""
     if fused_cpu.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    index, best = fused_cpu.LEVELS.index(request.param), fused_cpu.level()
+    if index > best:
+        pytest.skip(f"this CPU has no {request.param} (best: {fused_cpu.LEVELS[best]})")
+    monkeypatch.setattr(fused_cpu, "level", lambda: index)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("numel", [1, 3, 4, 13, 31, 32, 33, 64, 65, 100, 4099])
+@pytest.mark.parametrize("clip", [1.0, 1.302, 0.0, -0.5])
+def test_cpu_kernels_equal_the_aten_ops(
+    dtype: torch.dtype, numel: int, clip: float, level: str
+) -> None:
+    """Each level's kernels write the ATen path's bits: signed zeros, NaNs, infinities, the
+    clip's edges, a zero or negative clip, and sizes around the 32-element vector groups."""
     edge = torch.tensor(clip, dtype=dtype)
     special = [0.0, -0.0, float("nan"), -float("nan"), float("inf"), -float("inf"), 1e-40]
     special += [edge, -edge, torch.nextafter(edge.float(), torch.tensor(9.0)), 65504.0]
@@ -122,10 +136,8 @@ def test_cpu_kernels_equal_the_aten_ops(dtype: torch.dtype, numel: int, clip: fl
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_cpu_kernels_on_several_threads(dtype: torch.dtype) -> None:
+def test_cpu_kernels_on_several_threads(dtype: torch.dtype, level: str) -> None:
     """Tensors big enough that the kernels split them across threads give the same values."""
-    if fused_cpu.kernels() is None:
-        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
