@@ -7,13 +7,15 @@ kernels make one pass each, on the bits of the floats, with the widest vector in
 CPU has (:func:`level`, chosen at run time, so one build serves every x86 CPU): AVX-512 BW
 (compare masks, 32 elements a step, the masks interleaved into codes with BMI2 ``pdep``/``pext``)
 or AVX2 (compares and byte masks), else portable C++ (2-byte floats four to a 64-bit word; fp32 in
-blocks of 64 elements that the compiler vectorises). The vector kernels make the bf16 forward
-7x and the backward 8x faster than the portable ones (``benchmarks/bench_binary_vs_float.py``
-measures the training step they serve):
+blocks of 64 elements that the compiler vectorises). Over one training step's activations of
+ResNet-18 (``benchmarks/bench_kernels.py``, 2 threads, AMD EPYC Zen 5), the vector kernels make the
+bf16 forward 4x and the backward 2x faster than the portable ones, at about the time of a
+``clone`` of the same tensors; fp32 gains less (1.1-1.3x: the portable loop already streams):
 
 * ``sign_codes``: reads ``x``, writes ``sign(x)`` (+-1) and the codes, four to a byte.
 * ``codes_backward``: reads the codes, writes the +-1 input that the weight gradient needs and
-  zeroes the input gradient where ``|x| > clip`` (in place), from two 256-entry tables.
+  zeroes the input gradient where ``|x| > clip`` (in place): vector masks from the code bits
+  (the portable kernels: two 256-entry tables, a code byte an index).
 
 Exactly the values of the ATen path (tested bit for bit): ``x >= 0`` is true for ``+-0`` and
 false for NaN, ``|x| <= clip`` compares with ``clip`` rounded to the dtype, as ATen does.

@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_kernels  # noqa: E402
 import bench_quickstart  # noqa: E402
 import run as runner  # noqa: E402
 import targets  # noqa: E402
@@ -199,3 +200,20 @@ def test_render_rewrites_the_report_of_a_results_file(tmp_path: Path) -> None:
     assert len(results["summary"]) == len(targets.summarize(fake_results()))
     assert "## Summary" in path.with_suffix(".md").read_text()
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_kernel_benchmark_times_every_level_this_cpu_runs() -> None:
+    from bnn_lightning import fused_cpu
+
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    result = bench_kernels.run(quick=True)
+    levels = fused_cpu.LEVELS[: fused_cpu.level() + 1]
+    keys = {(r["dtype"], r["work"], r["level"]) for r in result["rows"]}
+    works = ("sign_codes (forward)", "codes_backward (backward)", "clone")
+    assert keys == {(d, w, lv) for d in ("bfloat16", "float32") for w in works for lv in levels}
+    for row in result["rows"]:
+        assert row["median_ms"] > 0 and ("speedup" in row) == (row["work"] != "clone")
+        if row["level"] == "portable" and "speedup" in row:
+            assert row["speedup"] == 1.0
+    assert set(result["plot"]["values"]) == {f"{w} {lv}" for w in works[:2] for lv in levels}
