@@ -40,7 +40,7 @@ format: install ## Apply ruff fixes and formatting.
 	$(VENV)/bin/ruff check --fix bnn_lightning tests benchmarks notebooks
 	$(VENV)/bin/ruff format bnn_lightning tests benchmarks notebooks
 
-train: install ## Quickstart: a fully binary ResNet-10 on CIFAR-10 (9 min on 2 cores with bf16, 27 without).
+train: install ## Quickstart: a fully binary ResNet-10 on CIFAR-10 (6-9 min on 2 cores with bf16, 27 without).
 	$(VENV)/bin/bnn fit --config configs/cifar10/quickstart.yaml $(TRAIN_ARGS)
 
 bench: install ## Run the benchmarks; writes benchmarks/results/<date>.{json,md,png}.

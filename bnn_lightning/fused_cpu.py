@@ -9,7 +9,7 @@ CPU has (:func:`level`, chosen at run time, so one build serves every x86 CPU): 
 or AVX2 (compares and byte masks), else portable C++ (2-byte floats four to a 64-bit word; fp32 in
 blocks of 64 elements that the compiler vectorises). Over one training step's activations of
 ResNet-18 (``benchmarks/bench_kernels.py``, 2 threads, AMD EPYC Zen 5), the vector kernels make the
-bf16 forward 4x and the backward 2x faster than the portable ones, at about the time of a
+bf16 forward 2-4x and the backward 1.7-2x faster than the portable ones, at about the time of a
 ``clone`` of the same tensors; fp32 gains less (1.1-1.3x: the portable loop already streams):
 
 * ``sign_codes``: reads ``x``, writes ``sign(x)`` (+-1) and the codes, four to a byte.
