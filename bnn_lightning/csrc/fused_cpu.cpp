@@ -215,6 +215,19 @@ BNN_AVX2 void sign_codes32_avx2(const uint32_t* in, uint32_t* out, uint8_t* code
   }
 }
 
+// The signs where `positive` is set (lanes of all ones) into s, the gradient zeroed where `inside`
+// is not into g; either may be null.
+BNN_AVX2 inline void store_avx2(__m256i positive, __m256i inside, __m256i minus, __m256i plus,
+                                void* s, void* g) {
+  if (s) {
+    _mm256_storeu_si256(static_cast<__m256i*>(s), _mm256_blendv_epi8(minus, plus, positive));
+  }
+  if (g) {
+    __m256i* to = static_cast<__m256i*>(g);
+    _mm256_storeu_si256(to, _mm256_and_si256(_mm256_loadu_si256(to), inside));
+  }
+}
+
 BNN_AVX2 void codes_backward16_avx2(const uint8_t* codes, uint16_t* s, uint16_t* g,
                                     int64_t begin, int64_t end, uint16_t one) {
   const __m256i plus = _mm256_set1_epi16(one);
@@ -231,15 +244,9 @@ BNN_AVX2 void codes_backward16_avx2(const uint8_t* codes, uint16_t* s, uint16_t*
       const uint32_t half = static_cast<uint32_t>(word >> (32 * h));
       const __m256i v = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(half >> 16)),
                                          _mm_set1_epi16(static_cast<int16_t>(half & 0xFFFF)));
-      if (s) {
-        const __m256i p = _mm256_cmpeq_epi16(_mm256_and_si256(v, first), first);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + at), _mm256_blendv_epi8(minus, plus, p));
-      }
-      if (g) {
-        const __m256i k = _mm256_cmpeq_epi16(_mm256_and_si256(v, second), second);
-        __m256i* to = reinterpret_cast<__m256i*>(g + at);
-        _mm256_storeu_si256(to, _mm256_and_si256(_mm256_loadu_si256(to), k));
-      }
+      store_avx2(_mm256_cmpeq_epi16(_mm256_and_si256(v, first), first),
+                 _mm256_cmpeq_epi16(_mm256_and_si256(v, second), second), minus, plus,
+                 s ? s + at : nullptr, g ? g + at : nullptr);
     }
   }
 }
@@ -256,15 +263,9 @@ BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t*
     for (int q = 0; q < 4; ++q) {
       const int64_t at = kGroup * i + 8 * q;
       const __m256i v = _mm256_set1_epi32(static_cast<int32_t>((word >> (16 * q)) & 0xFFFF));
-      if (s) {
-        const __m256i p = _mm256_cmpeq_epi32(_mm256_and_si256(v, first), first);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + at), _mm256_blendv_epi8(minus, plus, p));
-      }
-      if (g) {
-        const __m256i k = _mm256_cmpeq_epi32(_mm256_and_si256(v, second), second);
-        __m256i* to = reinterpret_cast<__m256i*>(g + at);
-        _mm256_storeu_si256(to, _mm256_and_si256(_mm256_loadu_si256(to), k));
-      }
+      store_avx2(_mm256_cmpeq_epi32(_mm256_and_si256(v, first), first),
+                 _mm256_cmpeq_epi32(_mm256_and_si256(v, second), second), minus, plus,
+                 s ? s + at : nullptr, g ? g + at : nullptr);
     }
   }
 }
