@@ -23,7 +23,8 @@ false for NaN, ``|x| <= clip`` compares with ``clip`` rounded to the dtype, as A
 They are built from ``csrc/fused_cpu.cpp`` once per machine with ``torch.utils.cpp_extension.load``
 (a C++ compiler is needed; about a minute; cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). Without a compiler, or with ``BNN_CPU_KERNELS=0``, the ATen path
-runs instead, with the same values.
+runs instead, with the same values. ``BNN_CPU_KERNELS=portable`` (or ``avx2``) caps the level, to
+compare or to rule the vector kernels out.
 """
 
 from __future__ import annotations
@@ -81,8 +82,16 @@ def kernels() -> Any | None:
 @functools.cache
 def level() -> int:
     """The kernels this CPU runs, an index of :data:`LEVELS`: 2 with AVX-512 BW and BMI2, 1 with
-    AVX2, else 0 (every level gives the same bits; tests run each one the CPU has)."""
-    return int(_built().best_level())
+    AVX2, else 0 (every level gives the same bits; tests run each one the CPU has), capped by
+    ``BNN_CPU_KERNELS`` when it names a level."""
+    best = int(_built().best_level())
+    cap = os.environ.get("BNN_CPU_KERNELS", "1")
+    if cap not in ("0", "1", *LEVELS):
+        choices = ", ".join(("0", "1", *LEVELS))
+        raise ValueError(f"Unknown BNN_CPU_KERNELS={cap!r}; use one of {choices}.")
+    chosen = min(best, LEVELS.index(cap)) if cap in LEVELS else best
+    rank_zero_info(f"Fused CPU kernels: {LEVELS[chosen]} (this CPU runs up to {LEVELS[best]}).")
+    return chosen
 
 
 def _built() -> Any:

@@ -288,3 +288,32 @@ def test_binary_training_forward_compiles_without_graph_breaks(block: str) -> No
     explained = torch._dynamo.explain(forward)(x, y)
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("1", None), ("portable", 0), ("avx2", 1)])
+def test_cpu_kernels_level_can_be_capped(
+    setting: str, expected: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    best = int(fused_cpu.kernels().best_level())
+    monkeypatch.setenv("BNN_CPU_KERNELS", setting)
+    fused_cpu.level.cache_clear()
+    try:
+        assert fused_cpu.level() == (best if expected is None else min(best, expected))
+    finally:
+        fused_cpu.level.cache_clear()
+
+
+def test_unknown_cpu_kernels_level_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    monkeypatch.setenv("BNN_CPU_KERNELS", "avx999")
+    fused_cpu.level.cache_clear()
+    try:
+        with pytest.raises(
+            ValueError, match=r"BNN_CPU_KERNELS='avx999'; use one of 0, 1, portable"
+        ):
+            fused_cpu.level()
+    finally:
+        fused_cpu.level.cache_clear()
