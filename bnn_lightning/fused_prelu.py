@@ -53,7 +53,10 @@ class _AddPReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         z, slope = ctx.saved_tensors
-        grad = grad.to(z.dtype)
+        if grad.dtype != z.dtype or grad.stride() != z.stride():
+            # z's dtype and memory format (e.g. channels_last where the head's pooling sends a
+            # contiguous gradient): the ops below run in one layout, and so do the grads they send
+            grad = torch.empty_like(z).copy_(grad)
         need_x, need_shortcut, need_w = ctx.needs_input_grad
         positive = torch.gt(z, 0, out=torch.empty_like(z))
         grad_z = torch.lerp(grad * slope, grad, positive)

@@ -62,3 +62,32 @@ def test_add_prelu_without_grad_or_shortcut_is_plain_prelu() -> None:
 def test_add_prelu_keeps_the_prelu_state_dict() -> None:
     assert set(AddPReLU(3).state_dict()) == set(nn.PReLU(3).state_dict())
     AddPReLU(3).load_state_dict(nn.PReLU(3).state_dict())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_add_prelu_gradient_in_another_layout_comes_back_in_the_input_layout(
+    autocast: bool,
+) -> None:
+    """A binary ResNet's head sends a contiguous gradient to a channels_last block (the pooling's
+    backward): the gradients AddPReLU sends on are channels_last, as the block's convs expect,
+    with the values of nn.PReLU on the sum."""
+    fused, plain = AddPReLU(4), nn.PReLU(4)
+    with torch.no_grad():
+        fused.weight.copy_(torch.linspace(-0.5, 0.75, 4))
+    plain.load_state_dict(fused.state_dict())
+    x, shortcut = _inputs(4, channels_last=True)
+    upstream = torch.randn(x.shape)  # contiguous
+    grads = []
+    for run in ("fused", "plain"):
+        xi, si = (t.clone().requires_grad_(True) for t in (x, shortcut))
+        seen: list[torch.Tensor] = []
+        xh = xi * 1.0  # not a leaf: its gradient arrives as the op computed it
+        xh.register_hook(seen.append)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fused(xh, si) if run == "fused" else plain(xh + si)
+        out.backward(upstream.to(out.dtype))
+        module = fused if run == "fused" else plain
+        grads.append((seen[0], xi.grad, si.grad, module.weight.grad))
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
