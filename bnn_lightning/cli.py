@@ -24,7 +24,9 @@ What it adds to plain LightningCLI:
   ``LearningRateMonitor`` in ``fit`` (the lr of every parameter group) and ``AtomicCheckpointIO``.
 - ``channels_last`` and ``compile`` speed switches for the network; ``threads`` for the CPU
   (``auto`` leaves the cores that other processes keep busy now alone, see
-  :func:`bnn_lightning.threads.auto_threads`); ``keep_cpu_memory`` (on by default: training on
+  :func:`bnn_lightning.threads.auto_threads`; a number is also exported as ``OMP_NUM_THREADS``,
+  which Lightning's DDP launchers keep instead of setting cores / processes, and which spawned
+  workers start with); ``keep_cpu_memory`` (on by default: training on
   the CPU reuses freed memory instead of faulting in fresh pages each step, see
   :mod:`bnn_lightning.cpu_memory`).
 - ``summary`` prints :func:`bnn_lightning.summary.summary` of the configured network; ``export``
@@ -405,6 +407,8 @@ class BNNCLI(LightningCLI):
         threads = config.get("threads")
         if threads is not None:
             torch.set_num_threads(auto_threads() if threads == "auto" else threads)
+            if threads != "auto":  # Lightning's DDP launchers keep it (else: cores / processes)
+                os.environ["OMP_NUM_THREADS"] = str(threads)
             rank_zero_info(f"torch threads: {torch.get_num_threads()} (threads: {threads})")
         on_cpu = self.trainer.strategy.root_device.type == "cpu"
         if on_cpu and config.get("keep_cpu_memory") and keep_freed_memory():

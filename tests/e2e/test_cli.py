@@ -130,6 +130,24 @@ def test_threads_switch_sets_torch_threads(tmp_path: Path) -> None:
         torch.set_num_threads(before)
 
 
+def test_threads_number_survives_lightnings_ddp_launchers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's DDP launchers set torch threads to cores / processes unless OMP_NUM_THREADS
+    is set (``_set_num_threads_if_needed``, called at launch, after the CLI's switches)."""
+    from lightning.fabric.utilities import distributed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(distributed, "_num_cpus_available", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        BNNCLI(args=[*quick_args(tmp_path), "--threads", "1"], run=False)
+        distributed._set_num_threads_if_needed(num_processes=2)  # what the launchers call
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def read_csv_epochs(folder: Path) -> set[int]:
     """Epochs that have a ``val/acc_top1`` row in the CSV logs under ``folder``."""
     (metrics,) = folder.rglob("metrics.csv")
