@@ -275,8 +275,8 @@ BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t*
 // at level 0 or where the build has no vector kernels).
 int64_t vector_sign_codes(const void* in, void* out, uint8_t* codes, int64_t numel, int bytes,
                           int64_t level, uint16_t infinity, uint32_t bound, uint16_t one) {
-  const int64_t groups = level > 0 ? numel / kGroup : 0;
 #ifdef BNN_X86
+  const int64_t groups = level > 0 ? numel / kGroup : 0;
   at::parallel_for(0, groups, kGrain / kGroup, [&](int64_t begin, int64_t end) {
     if (bytes == 2) {
       auto x = static_cast<const uint16_t*>(in);
@@ -299,8 +299,8 @@ int64_t vector_sign_codes(const void* in, void* out, uint8_t* codes, int64_t num
 
 int64_t vector_codes_backward(const uint8_t* codes, void* s, void* g, int64_t numel, int bytes,
                               int64_t level, uint16_t one) {
-  const int64_t groups = level > 0 ? numel / kGroup : 0;
 #ifdef BNN_X86
+  const int64_t groups = level > 0 ? numel / kGroup : 0;
   at::parallel_for(0, groups, kGrain / kGroup, [&](int64_t begin, int64_t end) {
     if (bytes == 2) {
       auto sign = static_cast<uint16_t*>(s);
