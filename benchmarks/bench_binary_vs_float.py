@@ -6,7 +6,9 @@
    (CIFAR stem, width 64) against the same network with quantizers off, in fp32 eager and in
    the quickstart's setting: bf16 autocast + channels_last, or fp32 + channels_last on a CPU
    without native bf16 (``precision: auto`` trains in fp32 there; see
-   :mod:`bnn_lightning.precision`).
+   :mod:`bnn_lightning.precision`). Where the binary conv's forward runs as an int8 convolution
+   (:func:`bnn_lightning.fused_cpu.int8_conv`), the bf16 setting has a third row, ``binary, bf16
+   forward conv``: the same binary network with it turned off.
 
 Time is the median of several repeats after a warm-up, binary and float interleaved so that load
 from other processes hits both alike; the spread is the min-max range; ``cpu_ms`` is the median
@@ -15,9 +17,10 @@ thread, the work itself), ``cpu_ratio`` its binary / float ratio. Memory is the 
 bytes allocated during one step (activations kept for backward in whatever dtype they are saved,
 gradients, temporaries; the model, the input and Adam's state exist before and are not counted),
 tracked op by op with a ``TorchDispatchMode``: exact and deterministic, unlike RSS on a shared
-machine. Targets (``targets.py``): binary <= 1.05x the float time in the quickstart's setting,
-the binary step in that setting >= 3x the images/s of the fp32 eager float one, binary peak
-memory <= 0.8x.
+machine. ``binary, bf16 forward conv`` (where the int8 forward convolution runs): the binary step
+with it turned off, interleaved with the other two. Targets (``targets.py``): binary <= 1.05x the
+float time in the quickstart's setting, the binary step in that setting >= 3x the images/s of the
+fp32 eager float one, binary peak memory <= 0.8x.
 
 ``python benchmarks/bench_binary_vs_float.py [--quick]`` prints the result as JSON.
 """
@@ -30,15 +33,17 @@ import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from targets import BF16_CONV
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from bnn_lightning import fused_cpu
 from bnn_lightning.layers import BinaryConv2d, set_mode
 from bnn_lightning.models import create_model
 from bnn_lightning.precision import cpu_bf16
@@ -72,16 +77,23 @@ class PeakMemory(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         inputs = tree_flatten((args, kwargs))[0]
-        seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor)}
+        seen = {_address(t) for t in inputs if isinstance(t, Tensor)}
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, Tensor) or t.untyped_storage().data_ptr() in seen:
+            if not isinstance(t, Tensor) or _address(t) in seen:
                 continue
-            storage = t.untyped_storage()
-            seen.add(storage.data_ptr())
-            self.live += storage.nbytes()
-            weakref.finalize(storage, self._free, storage.nbytes())
+            seen.add(_address(t))
+            # an opaque oneDNN tensor (the int8 convolution's packed weight) has no storage
+            owner = t if t.is_mkldnn else t.untyped_storage()
+            nbytes = t.numel() * t.element_size() if t.is_mkldnn else owner.nbytes()
+            self.live += nbytes
+            weakref.finalize(owner, self._free, nbytes)
         self.peak = max(self.peak, self.live)
         return out
+
+
+def _address(t: Tensor) -> int:
+    """The address of ``t``'s storage; an opaque tensor's identity."""
+    return id(t) if t.is_mkldnn else t.untyped_storage().data_ptr()
 
 
 def peak_bytes(step: Step) -> int:
@@ -123,11 +135,15 @@ def time_row(setting: str, mode: str, wall: list[float], cpu: list[float], work:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Binary / float ratios on the binary row (the first of the two)."""
-    rows[0]["time_ratio"] = rows[0]["median_ms"] / rows[1]["median_ms"]
-    rows[0]["cpu_ratio"] = rows[0]["cpu_ms"] / rows[1]["cpu_ms"]
-    if "peak_MB" in rows[0]:
-        rows[0]["memory_ratio"] = rows[0]["peak_MB"] / rows[1]["peak_MB"]
+    """Binary / float ratios on each binary row (the float row's mode is ``float``)."""
+    float_ = next(row for row in rows if row["mode"] == "float")
+    for row in rows:
+        if row is float_:
+            continue
+        row["time_ratio"] = row["median_ms"] / float_["median_ms"]
+        row["cpu_ratio"] = row["cpu_ms"] / float_["cpu_ms"]
+        if "peak_MB" in row:
+            row["memory_ratio"] = row["peak_MB"] / float_["peak_MB"]
     return rows
 
 
@@ -184,6 +200,25 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Step:
     return run
 
 
+@contextlib.contextmanager
+def _int8_off() -> Iterator[None]:
+    """The binary conv's forward as a bf16 convolution (``fused_cpu.int8_conv`` answers no)."""
+    answer = fused_cpu.int8_conv
+    fused_cpu.int8_conv = lambda: False
+    try:
+        yield
+    finally:
+        fused_cpu.int8_conv = answer
+
+
+def _bf16_conv(step: Step) -> Step:
+    def run() -> None:
+        with _int8_off():
+            step()
+
+    return run
+
+
 def quickstart_setting() -> tuple[str, bool]:
     """The quickstart's precision and memory format on this CPU: ``(label, bf16)``."""
     if cpu_bf16():
@@ -206,6 +241,11 @@ def resnet_rows(quick: bool) -> list[dict[str, Any]]:
         }
         xs = x.to(memory_format=fmt)
         steps = {name: train_step(m, xs, y, bf16) for name, m in models.items()}
+        if bf16 and fmt == torch.channels_last and fused_cpu.int8_conv():
+            model = create_model("resnet18_cifar", num_classes=10, mode="binary")
+            model.load_state_dict(models["binary"].state_dict())
+            model = model.to(memory_format=fmt)
+            steps[BF16_CONV] = _bf16_conv(train_step(model, xs, y, bf16))
         setting = f"ResNet-18 cifar w64 batch {batch} train step, {label}"
         rows += _compare(setting, steps, batch, repeats)
     return rows

@@ -79,6 +79,7 @@ def _ratio(
 
 
 BF16, FP32_CL = "bf16 + channels_last", "fp32 + channels_last"
+BF16_CONV = "binary, bf16 forward conv"  # the binary step with its int8 forward conv turned off
 
 
 def _setting(row: dict[str, Any]) -> str:
@@ -126,6 +127,11 @@ def item1(results: dict[str, Any]) -> list[Line]:
         ratio, best = _ratio(binary, float_, _median_ms), _ratio(binary, float_, _fastest_ms)
         ok = functools.partial(operator.ge, limit)
         lines.append(line("1", measure, ratio, "x", f"<= {limit:.2f}x", ok, best))
+    int8, bf16_conv = rows.get((default, "binary")), rows.get((default, BF16_CONV))
+    if bf16_conv is not None:  # the int8 forward convolution's gain, where it runs
+        measure = f"ResNet-18 train step time, binary, int8 / bf16 forward conv, {default}"
+        ratio, best = _ratio(int8, bf16_conv, _median_ms), _ratio(int8, bf16_conv, _fastest_ms)
+        lines.append(line("1", measure, ratio, "x", best=best))
     eager = rows.get(("fp32 eager", "float"))  # plain fp32 eager float training
     for setting, target in ((default, f">= {SPEEDUP_TARGET:g}x"), ("compiled", "—")):
         row = rows.get((setting, "binary"))  # same batch: images/s ratio = inverse time ratio

@@ -83,12 +83,16 @@ inline uint64_t spread(uint64_t x) {
 #define BNN_AVX512 __attribute__((target("avx512f,avx512bw,bmi2")))
 #define BNN_AVX2 __attribute__((target("avx2")))
 
-BNN_AVX512 void sign_codes16_avx512(const uint16_t* in, uint16_t* out, uint8_t* codes,
+// Bytes: out holds one byte an element, 2 where x >= 0 and 0 elsewhere (the unsigned 8-bit
+// input of an int8 convolution with zero point 1: +-1), instead of the 2-byte sign.
+template <bool Bytes>
+BNN_AVX512 void sign_codes16_avx512(const uint16_t* in, void* out, uint8_t* codes,
                                     int64_t begin, int64_t end, uint16_t infinity,
                                     uint16_t bound, uint16_t one) {
   const __m512i low = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(infinity);
   const __m512i limit = _mm512_set1_epi16(bound), plus = _mm512_set1_epi16(one);
   const __m512i minus = _mm512_set1_epi16(one | 0x8000), zeros = _mm512_setzero_si512();
+  const __m512i twos = _mm512_set1_epi8(2);
   for (int64_t i = begin; i < end; ++i) {
     const __m512i v = _mm512_loadu_si512(in + kGroup * i);
     const __m512i magnitude = _mm512_and_si512(v, low);
@@ -96,7 +100,14 @@ BNN_AVX512 void sign_codes16_avx512(const uint16_t* in, uint16_t* out, uint8_t* 
         (_mm512_cmpge_epi16_mask(v, zeros) & _mm512_cmple_epu16_mask(magnitude, inf)) |
         _mm512_testn_epi16_mask(magnitude, magnitude);
     const __mmask32 inside = _mm512_cmplt_epu16_mask(magnitude, limit);
-    _mm512_storeu_si512(out + kGroup * i, _mm512_mask_blend_epi16(positive, minus, plus));
+    if constexpr (Bytes) {
+      const __m512i bytes = _mm512_maskz_mov_epi8(static_cast<__mmask64>(positive), twos);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint8_t*>(out) + kGroup * i),
+                          _mm512_castsi512_si256(bytes));
+    } else {
+      _mm512_storeu_si512(static_cast<uint16_t*>(out) + kGroup * i,
+                          _mm512_mask_blend_epi16(positive, minus, plus));
+    }
     const uint64_t word = _pdep_u64(positive, kEven) | _pdep_u64(inside, kOdd);
     std::memcpy(codes + 8 * i, &word, 8);
   }
@@ -162,15 +173,17 @@ BNN_AVX512 void codes_backward32_avx512(const uint8_t* codes, uint32_t* s, uint3
 
 // AVX2 has no unsigned or mask compares: the magnitudes (sign bit clear) compare as signed
 // integers, and a byte mask of a 16-bit lane holds its bit twice (bits 2j and 2j + 1).
-BNN_AVX2 void sign_codes16_avx2(const uint16_t* in, uint16_t* out, uint8_t* codes,
-                                int64_t begin, int64_t end, uint16_t infinity, uint16_t bound,
-                                uint16_t one) {
+template <bool Bytes>
+BNN_AVX2 void sign_codes16_avx2(const uint16_t* in, void* out, uint8_t* codes, int64_t begin,
+                                int64_t end, uint16_t infinity, uint16_t bound, uint16_t one) {
   const __m256i low = _mm256_set1_epi16(0x7FFF), above = _mm256_set1_epi16(infinity + 1);
   const __m256i limit = _mm256_set1_epi16(bound), plus = _mm256_set1_epi16(one);
   const __m256i minus = _mm256_set1_epi16(static_cast<int16_t>(one | 0x8000));
   const __m256i all = _mm256_set1_epi16(-1), zeros = _mm256_setzero_si256();
+  const __m256i twos = _mm256_set1_epi8(2);
   for (int64_t i = begin; i < end; ++i) {
     uint64_t word = 0;
+    __m256i positives[2];
     for (int h = 0; h < 2; ++h) {
       const int64_t at = kGroup * i + 16 * h;
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + at));
@@ -179,11 +192,21 @@ BNN_AVX2 void sign_codes16_avx2(const uint16_t* in, uint16_t* out, uint8_t* code
           _mm256_and_si256(_mm256_cmpgt_epi16(v, all), _mm256_cmpgt_epi16(above, magnitude)),
           _mm256_cmpeq_epi16(magnitude, zeros));
       const __m256i inside = _mm256_cmpgt_epi16(limit, magnitude);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + at),
-                          _mm256_blendv_epi8(minus, plus, positive));
+      if constexpr (Bytes) {
+        positives[h] = positive;
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + at),
+                            _mm256_blendv_epi8(minus, plus, positive));
+      }
       const uint32_t p = static_cast<uint32_t>(_mm256_movemask_epi8(positive));
       const uint32_t k = static_cast<uint32_t>(_mm256_movemask_epi8(inside));
       word |= uint64_t((p & 0x55555555u) | (k & 0xAAAAAAAAu)) << (32 * h);
+    }
+    if constexpr (Bytes) {  // the lanes' masks narrowed to bytes; packs interleaves 128-bit halves
+      const __m256i packed = _mm256_packs_epi16(positives[0], positives[1]);
+      const __m256i ordered = _mm256_permute4x64_epi64(packed, 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint8_t*>(out) + kGroup * i),
+                          _mm256_and_si256(ordered, twos));
     }
     std::memcpy(codes + 8 * i, &word, 8);
   }
@@ -273,17 +296,20 @@ BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t*
 
 // The vector kernels over whole groups [0, numel / 32) at `level`; returns the groups done (0
 // at level 0 or where the build has no vector kernels).
+// u8: 2-byte floats only, the sign written as bytes (see sign_codes16_avx512).
 int64_t vector_sign_codes(const void* in, void* out, uint8_t* codes, int64_t numel, int bytes,
-                          int64_t level, uint16_t infinity, uint32_t bound, uint16_t one) {
+                          int64_t level, uint16_t infinity, uint32_t bound, uint16_t one,
+                          bool u8 = false) {
 #ifdef BNN_X86
   const int64_t groups = level > 0 ? numel / kGroup : 0;
   at::parallel_for(0, groups, kGrain / kGroup, [&](int64_t begin, int64_t end) {
     if (bytes == 2) {
       auto x = static_cast<const uint16_t*>(in);
-      auto o = static_cast<uint16_t*>(out);
       const uint16_t b = static_cast<uint16_t>(bound);
-      if (level >= 2) sign_codes16_avx512(x, o, codes, begin, end, infinity, b, one);
-      else sign_codes16_avx2(x, o, codes, begin, end, infinity, b, one);
+      if (level >= 2 && u8) sign_codes16_avx512<true>(x, out, codes, begin, end, infinity, b, one);
+      else if (level >= 2) sign_codes16_avx512<false>(x, out, codes, begin, end, infinity, b, one);
+      else if (u8) sign_codes16_avx2<true>(x, out, codes, begin, end, infinity, b, one);
+      else sign_codes16_avx2<false>(x, out, codes, begin, end, infinity, b, one);
     } else {
       auto x = static_cast<const uint32_t*>(in);
       auto o = static_cast<uint32_t*>(out);
@@ -324,17 +350,29 @@ int64_t vector_codes_backward(const uint8_t* codes, void* s, void* g, int64_t nu
 
 // 2-byte floats (infinity and one: the dtype's bit patterns; clip: the bits of clip rounded to
 // the dtype): whole groups in the vector kernels at `level`, the rest four to a 64-bit word.
+// The bytes 2 * 1[x >= 0] of a word's four elements, from its codes (1[x >= 0] at bits 0, 2, 4,
+// 6): bit 2k moves to bit 8k + 1.
+inline uint32_t sign_bytes(uint8_t codes) {
+  const uint32_t c = codes;
+  return ((c & 1) << 1) | ((c & 4) << 7) | ((c & 16) << 13) | ((c & 64) << 19);
+}
+
+// 2-byte floats (infinity and one: the dtype's bit patterns; clip: the bits of clip rounded to
+// the dtype): whole groups in the vector kernels at `level`, the rest four to a 64-bit word.
+// u8: the sign as bytes 2 * 1[x >= 0] (uint8), the input of an int8 convolution with zero point
+// 1, instead of +-1 in x's dtype.
 std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t clip,
-                                      int64_t one, int64_t level) {
+                                      int64_t one, int64_t level, bool u8) {
   const int64_t n = x.numel();
-  auto sign = torch::empty_like(x);
+  auto sign = u8 ? torch::empty_like(x, x.options().dtype(torch::kUInt8)) : torch::empty_like(x);
   auto packed = torch::empty({(n + 3) / 4}, x.options().dtype(torch::kUInt8));
   const uint8_t* in = static_cast<const uint8_t*>(x.data_ptr());
   uint8_t* out = static_cast<uint8_t*>(sign.data_ptr());
   uint8_t* codes = packed.data_ptr<uint8_t>();
   const uint16_t inf16 = infinity & 0xFFFF, one16 = one & 0xFFFF;
   const uint16_t bound = inside_bound16(clip, inf16);
-  const int64_t done = kGroup * vector_sign_codes(in, out, codes, n, 2, level, inf16, bound, one16);
+  const int64_t done =
+      kGroup * vector_sign_codes(in, out, codes, n, 2, level, inf16, bound, one16, u8);
   const uint64_t inf4 = lanes(inf16), clip4 = lanes(bound ? bound - 1 : 0);
   const uint64_t minus4 = lanes(one16 | 0x8000), any = bound ? kHigh : 0;
   const int64_t words = n / 4;
@@ -343,7 +381,12 @@ std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t
       uint64_t v;
       std::memcpy(&v, in + 8 * w, 8);
       const Word word = encode(v, inf4, clip4, minus4, any);
-      std::memcpy(out + 8 * w, &word.sign, 8);
+      if (u8) {
+        const uint32_t bytes = sign_bytes(word.codes);
+        std::memcpy(out + 4 * w, &bytes, 4);
+      } else {
+        std::memcpy(out + 8 * w, &word.sign, 8);
+      }
       codes[w] = word.codes;
     }
   });
@@ -352,10 +395,27 @@ std::vector<torch::Tensor> sign_codes(torch::Tensor x, int64_t infinity, int64_t
     uint64_t v = 0;
     std::memcpy(&v, in + 8 * words, 2 * tail);
     const Word word = encode(v, inf4, clip4, minus4, any);
-    std::memcpy(out + 8 * words, &word.sign, 2 * tail);
+    if (u8) {
+      const uint32_t bytes = sign_bytes(word.codes);
+      std::memcpy(out + 4 * words, &bytes, tail);
+    } else {
+      std::memcpy(out + 8 * words, &word.sign, 2 * tail);
+    }
     codes[words] = word.codes & static_cast<uint8_t>((1 << (2 * tail)) - 1);
   }
   return {sign, packed};
+}
+
+// +1 or -1 (int8) from the sign bit of each 2-byte float: the signs of a binary weight +-scale[c]
+// for an int8 convolution (+scale, +0.0 give +1; any layout, element for element).
+torch::Tensor weight_signs(torch::Tensor w) {
+  auto out = torch::empty_like(w, w.options().dtype(torch::kInt8));
+  const uint16_t* in = static_cast<const uint16_t*>(w.data_ptr());
+  int8_t* o = out.data_ptr<int8_t>();
+  at::parallel_for(0, w.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) o[i] = (in[i] & 0x8000) ? -1 : 1;
+  });
+  return out;
 }
 
 // The +-1 input rebuilt from the codes into sign (if given), and grad (if given, same memory
@@ -538,6 +598,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
   m.def("binary_weight", &binary_weight, "MagnitudeAwareSign's weight in a 2- or 4-byte format");
   m.def("weight_grad", &weight_grad, "MagnitudeAwareSign's latent-weight gradient");
-  m.def("sign_codes", &sign_codes, "sign(x) and its packed 2-bit codes");
+  m.def("sign_codes", &sign_codes, "sign(x) (or 2 * 1[x >= 0] as bytes) and its 2-bit codes");
+  m.def("weight_signs", &weight_signs, "+-1 (int8) from the sign bits of 2-byte floats");
   m.def("codes_backward", &codes_backward, "the +-1 input and the STE mask from the codes");
 }

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn_lightning import fused_cpu
+from bnn_lightning import fused, fused_cpu
 from bnn_lightning import layers as L
 from bnn_lightning.fused import _from_codes, pack_codes, sign_and_codes, unpack_codes
 from bnn_lightning.fused_prelu import AddPReLU
@@ -42,14 +42,28 @@ def _make_generic(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.fixture(params=["cpu_kernels", "aten"])
+def _int8_or_skip() -> None:
+    """Skip unless the int8 convolution works here (on any CPU: oneDNN has AVX2 kernels too)."""
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    problem = fused_cpu._int8_probe()
+    if problem is not None:
+        pytest.skip(f"no int8 convolution in this torch: {problem}")
+
+
+@pytest.fixture(params=["int8", "cpu_kernels", "aten"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the one-pass CPU kernels and again with the ATen ops alone."""
+    """Run a test with the one-pass CPU kernels and the int8 forward convolution (bf16,
+    channels_last), the kernels alone, and the ATen ops alone."""
     if request.param == "aten":
         monkeypatch.setattr(fused_cpu, "usable", lambda device, dtype: False)
         monkeypatch.setattr(fused_cpu, "weights_usable", lambda w, dtype: False)
     elif fused_cpu.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    if request.param == "int8":
+        _int8_or_skip()
+        monkeypatch.setattr(fused, "INT8_MIN_POSITIONS", 0)  # the tests' small inputs too
+    monkeypatch.setattr(fused_cpu, "int8_conv", lambda: request.param == "int8")
     return str(request.param)
 
 
@@ -127,6 +141,10 @@ def test_cpu_kernels_equal_the_aten_ops(
         patch.setattr(fused_cpu, "usable", lambda device, dtype: False)
         aten_sign, aten_packed = sign_and_codes(x, clip, dtype)
     assert torch.equal(sign, aten_sign) and torch.equal(packed, aten_packed)
+    if dtype != torch.float32:  # the int8 convolution's input: 2 where x >= 0, else 0
+        u8, u8_packed = fused_cpu.sign_codes(x, clip, u8=True)
+        assert u8.dtype == torch.uint8 and torch.equal(packed, u8_packed)
+        assert torch.equal(u8, (aten_sign > 0).to(torch.uint8) * 2)
     grad, rebuilt = torch.randn(numel).to(dtype), torch.empty_like(x)
     masked = grad.clone()
     fused_cpu.codes_backward(packed, rebuilt, masked)
@@ -146,11 +164,15 @@ def test_cpu_kernels_on_several_threads(dtype: torch.dtype, level: str) -> None:
         rebuilt, grad = torch.empty_like(x), torch.randn_like(x)
         masked = grad.clone()
         fused_cpu.codes_backward(packed, rebuilt, masked)
+        u8 = fused_cpu.sign_codes(x, 1.0, u8=True)[0] if dtype == torch.bfloat16 else None
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(sign, torch.where(x >= 0, 1.0, -1.0).to(dtype)) and torch.equal(
         rebuilt, sign
     )
+    if u8 is not None:
+        assert u8.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(u8, (x >= 0).to(torch.uint8) * 2)
     assert torch.equal(masked, torch.where(x.abs() <= 1.0, grad, 0.0).to(dtype))
 
 
@@ -241,8 +263,13 @@ def test_fused_conv_keeps_two_bits_an_input_and_at_most_two_bytes_a_weight(autoc
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_binary_resnet_equals_the_generic_path(path: str, autocast: bool) -> None:
+def test_binary_resnet_equals_the_generic_path(
+    path: str, autocast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Forward outputs and every parameter gradient of a training step, channels_last."""
+    calls = []
+    int8_conv2d = fused_cpu.int8_conv2d
+    monkeypatch.setattr(fused_cpu, "int8_conv2d", lambda *a: calls.append(1) or int8_conv2d(*a))
     fused = create_model("resnet10_cifar", num_classes=10, width=8)
     generic = _make_generic(create_model("resnet10_cifar", num_classes=10, width=8))
     generic.load_state_dict(fused.state_dict())
@@ -255,6 +282,7 @@ def test_binary_resnet_equals_the_generic_path(path: str, autocast: bool) -> Non
         F.cross_entropy(out.float(), torch.arange(4)).backward()
         results.append([out] + [p.grad for p in net.parameters()])
     _assert_equal(*results)
+    assert len(calls) == (8 if path == "int8" and autocast else 0)  # every binary conv
 
 
 def test_binary_sign_under_compile_equals_eager() -> None:
@@ -317,3 +345,95 @@ def test_unknown_cpu_kernels_level_is_named(monkeypatch: pytest.MonkeyPatch) -> 
             fused_cpu.level()
     finally:
         fused_cpu.level.cache_clear()
+
+
+def test_weight_signs_are_the_sign_bits_as_int8() -> None:
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    w = torch.randn(8, 5, 3, 3).to(torch.bfloat16)
+    w.view(-1)[:4] = torch.tensor([0.0, -0.0, float("inf"), -float("inf")])
+    w = w.contiguous(memory_format=torch.channels_last)
+    signs = fused_cpu.weight_signs(w)
+    assert signs.dtype == torch.int8 and signs.stride() == w.stride()
+    assert torch.equal(signs, torch.where(torch.signbit(w), -1, 1).to(torch.int8))
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups", "pad_value", "clip"),
+    [(1, 1, 1, 1, 0.0, 1.0), (2, 1, 1, 1, 0.0, 1.302), (1, 2, 2, 2, 0.0, 0.3),
+     (2, 0, 1, 1, 0.0, 1.0), (1, 1, 1, 1, -1.0, 1.0)],
+)  # fmt: skip
+def test_int8_forward_equals_the_bf16_convolution(
+    stride: int, padding: int, dilation: int, groups: int, pad_value: float, clip: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Under bf16 autocast and channels_last, the binary conv's forward runs as an int8
+    convolution (counted) and gives the bf16 convolution's output and gradients bit for bit:
+    zero padding (a third value), +-1 padding, strides, dilation, groups, the clip's edges,
+    signed zeros, and sizes whose codes do not fill whole bytes or vector groups."""
+    _int8_or_skip()
+    monkeypatch.setattr(fused, "INT8_MIN_POSITIONS", 0)
+    calls = []
+    int8_conv2d = fused_cpu.int8_conv2d
+    monkeypatch.setattr(fused_cpu, "int8_conv2d", lambda *a: calls.append(1) or int8_conv2d(*a))
+    conv = L.BinaryConv2d(
+        8, 12, 3, stride, padding, dilation, groups=groups, pad_value=pad_value,
+        input_quantizer=SteSign(clip), weight_quantizer=MagnitudeAwareSign(clip),
+    )  # fmt: skip
+    _edge_weights(conv, clip)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(3, 8, 9, 11)
+    x[0, :, 0], x[0, :, 1], x[1, :, 1], x[1, :, 2] = 0.0, -0.0, clip, -clip
+    for inputs in (x, x[:1, :, :5, :7]):  # bf16, as a network's activations are under autocast
+        inputs = inputs.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        results = {}
+        for int8 in (True, False):
+            monkeypatch.setattr(fused_cpu, "int8_conv", lambda int8=int8: int8)
+            count = len(calls)
+            results[int8] = _run(conv, inputs, autocast=True)
+            assert len(calls) == count + int8  # the int8 convolution ran, or did not
+            conv.zero_grad()
+        _assert_equal(results[True], results[False])
+        assert results[True][0].stride() == results[False][0].stride()
+
+
+def test_int8_convolution_only_from_enough_output_positions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below ``INT8_MIN_POSITIONS`` (batch x output height x width) packing the weight costs
+    more than int8 saves: the bf16 convolution runs there."""
+    _int8_or_skip()
+    monkeypatch.setattr(fused_cpu, "int8_conv", lambda: True)
+    calls = []
+    int8_conv2d = fused_cpu.int8_conv2d
+    monkeypatch.setattr(fused_cpu, "int8_conv2d", lambda *a: calls.append(1) or int8_conv2d(*a))
+    conv = L.BinaryConv2d(8, 8, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+    limit = fused.INT8_MIN_POSITIONS
+    for batch, height, expected in ((2, 2 * limit // 32, 1), (2, 2 * limit // 32 - 4, 0)):
+        x = torch.randn(batch, 8, height, 32).to(torch.bfloat16)  # output: batch x height/2 x 16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x.contiguous(memory_format=torch.channels_last))
+        assert len(calls) == expected
+        calls.clear()
+
+
+def test_int8_convolution_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BNN_INT8_CONV``: 0 turns it off, an unknown value is named, and where the check on
+    small convolutions fails the bf16 convolution stays, with the reason in a warning."""
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    fused_cpu.int8_conv.cache_clear()
+    try:
+        monkeypatch.setenv("BNN_INT8_CONV", "0")
+        assert fused_cpu.int8_conv() is False
+        fused_cpu.int8_conv.cache_clear()
+        monkeypatch.setenv("BNN_INT8_CONV", "yes")
+        with pytest.raises(ValueError, match=r"BNN_INT8_CONV='yes'; use auto, 0 or 1"):
+            fused_cpu.int8_conv()
+        fused_cpu.int8_conv.cache_clear()
+        monkeypatch.setenv("BNN_INT8_CONV", "1")
+        monkeypatch.setattr(fused_cpu, "_int8_probe", lambda: "RuntimeError: no oneDNN")
+        with pytest.warns(UserWarning, match=r"unavailable \(RuntimeError: no oneDNN\)"):
+            assert fused_cpu.int8_conv() is False
+    finally:
+        fused_cpu.int8_conv.cache_clear()
