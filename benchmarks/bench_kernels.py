@@ -9,6 +9,11 @@ batch 128: 63M elements), channels_last, at each level (portable C++, AVX2, AVX-
 median of interleaved repeats after a warm-up; ``speedup`` is the portable kernels' time over
 the level's. Every level writes the same bits (``tests/unit/test_fused.py``).
 
+The PReLU backward of the 16 block outputs (``AddPReLU``: the input gradient and the slope
+gradient, summed per channel) on CPUs with AVX-512: the one-pass kernel (level ``avx512``) against
+the ATen ops that run elsewhere (level ``ATen ops``); ``speedup`` is the ATen ops' time over the
+kernel's. Both give the same bits (``tests/unit/test_fused_prelu.py``).
+
 ``python benchmarks/bench_kernels.py [--quick]`` prints the result as JSON.
 """
 
@@ -26,8 +31,10 @@ import torch
 from torch import Tensor
 
 from bnn_lightning import fused_cpu
+from bnn_lightning.fused_prelu import prelu_grads
 
 # (channels, side) of the inputs of ResNet-18's binary 3x3 convs, CIFAR stem, width 64
+PRELU = "PReLU backward (AddPReLU)"
 LAYERS = [(64, 32)] * 4 + [(128, 16)] * 4 + [(256, 8)] * 4 + [(512, 4)] * 4
 
 
@@ -94,14 +101,59 @@ def kernel_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def prelu_rows(quick: bool) -> list[dict[str, Any]]:
+    """Median ms of the PReLU backward of every block output: the kernel and the ATen ops."""
+    if fused_cpu.kernels() is None or fused_cpu.level() != fused_cpu.LEVELS.index("avx512"):
+        return []
+    batch, repeats = (16, 3) if quick else (128, 9)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        zs = _inputs(dtype, batch)
+        work = [(z, torch.randn_like(z), torch.rand(1, z.shape[1], 1, 1).to(dtype)) for z in zs]
+
+        def backward(work: list[tuple[Tensor, Tensor, Tensor]] = work) -> None:
+            for z, grad, slope in work:
+                full = prelu_grads(z, grad, slope, weight_grad=True)[1]
+                assert full is not None
+                full.sum_to_size(slope.shape)
+
+        times: dict[str, list[float]] = {"avx512": [], "ATen ops": []}
+        for i in range(1 + repeats):  # interleaved, the first round a warm-up
+            for name in times:
+                usable = fused_cpu.prelu_usable if name == "avx512" else lambda z, grad: False
+                with mock.patch.object(fused_cpu, "prelu_usable", usable):
+                    start = time.perf_counter()
+                    backward()
+                    if i:
+                        times[name].append(time.perf_counter() - start)
+        aten = statistics.median(times["ATen ops"])
+        for name, seconds in times.items():
+            rows.append(
+                {
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "work": PRELU,
+                    "level": name,
+                    "median_ms": 1e3 * statistics.median(seconds),
+                    "spread_ms": f"{1e3 * min(seconds):.1f}-{1e3 * max(seconds):.1f}",
+                    "speedup": aten / statistics.median(seconds),
+                }
+            )
+    return rows
+
+
+def kernel_rows_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sign and codes kernels' rows (their speed-up is over the portable level)."""
+    return [r for r in rows if r["work"] != PRELU]
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """The kernel timings (no rows where the kernels cannot be built)."""
     torch.manual_seed(0)
-    rows = kernel_rows(quick)
-    notes = __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else ""
+    rows = kernel_rows(quick) + prelu_rows(quick)
+    notes = " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " ") if __doc__ else ""
     if not rows:
         notes = "The fused CPU kernels could not be built here (no C++ compiler?)."
-    bf16 = [r for r in rows if r["dtype"] == "bfloat16" and "speedup" in r]
+    bf16 = [r for r in kernel_rows_only(rows) if r["dtype"] == "bfloat16" and "speedup" in r]
     return {
         "title": "Fused binary-conv CPU kernels: one training step's sign, codes and mask",
         "rows": rows,

@@ -2,9 +2,9 @@
 
 :mod:`bnn_lightning.fused` computes ``sign(x)`` and the packed codes ``1[x >= 0] + 2 *
 1[|x| <= clip]`` with ATen ops, about ten passes over the activations in forward and seven in
-backward; on a CPU that is most of what a binary training step costs beyond a float one. These two
-kernels make one pass each, on the bits of the floats, with the widest vector instructions the
-CPU has (:func:`level`, chosen at run time, so one build serves every x86 CPU): AVX-512 BW
+backward; on a CPU that is most of what a binary training step costs beyond a float one. These
+kernels make one pass each, on the bits of the floats, with the widest vector instructions the CPU
+has (:func:`level`, chosen at run time, so one build serves every x86 CPU): AVX-512 BW
 (compare masks, 32 elements a step, the masks interleaved into codes with BMI2 ``pdep``/``pext``)
 or AVX2 (compares and byte masks), else portable C++ (2-byte floats four to a 64-bit word; fp32 in
 blocks of 64 elements that the compiler vectorises). Over one training step's activations of
@@ -18,6 +18,10 @@ bf16 forward 2-4x and the backward 1.7-2x faster than the portable ones, at abou
 * ``codes_backward``: reads the codes, writes the +-1 input that the weight gradient needs and
   zeroes the input gradient where ``|x| > clip`` (in place): vector masks from the code bits
   (the portable kernels: two 256-entry tables, a code byte an index).
+* ``prelu_backward`` (AVX-512 only; :mod:`bnn_lightning.fused_prelu` uses ATen's ops elsewhere):
+  ATen's PReLU backward, ``z > 0 ? g : slope[c] * g`` and the full-size slope gradient
+  ``z > 0 ? 0 : z * g``, in one pass over bf16 or fp32 (masked vector loads and stores, no scalar
+  tail; bf16 rounded to nearest even as ATen's vector code rounds it).
 
 Exactly the values of the ATen path (tested bit for bit): ``x >= 0`` is true for ``+-0`` and
 false for NaN, ``|x| <= clip`` compares with ``clip`` rounded to the dtype, as ATen does.
@@ -49,6 +53,8 @@ __all__ = [
     "int8_conv2d",
     "kernels",
     "level",
+    "prelu_backward",
+    "prelu_usable",
     "sign_codes",
     "usable",
     "weight_grad",
@@ -137,6 +143,39 @@ def codes_backward(packed: Tensor, sign: Tensor | None, grad: Tensor | None) -> 
     like = sign if sign is not None else grad
     assert like is not None
     _built().codes_backward(packed, sign, grad, like.numel(), _bits(1.0, like.dtype), level())
+
+
+def prelu_usable(z: Tensor, grad: Tensor) -> bool:
+    """Whether :func:`prelu_backward` handles ``z`` and ``grad``: CPU, AVX-512 kernels, bf16 or
+    fp32, the same strides, dense NCHW-contiguous or channels_last (4-D)."""
+    return (
+        z.device.type == "cpu"
+        and z.dtype in (torch.bfloat16, torch.float32)
+        and grad.dtype == z.dtype
+        and z.dim() >= 2
+        and grad.stride() == z.stride()
+        and (z.is_contiguous() or (z.dim() == 4 and z.is_contiguous(memory_format=_LAST)))
+        and kernels() is not None
+        and level() == LEVELS.index("avx512")
+    )
+
+
+def prelu_backward(
+    z: Tensor, grad: Tensor, slope: Tensor, weight_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """ATen's PReLU backward in one pass: ``(z > 0 ? grad : slope[c] * grad, z > 0 ? 0 : z *
+    grad)``, the second (the full-size slope gradient, before its sum) only if ``weight_grad``;
+    ``slope``: one value per channel of ``z`` (dim 1) or one for all. Check
+    :func:`prelu_usable` first."""
+    slopes = slope.reshape(-1).float().contiguous()
+    if slopes.numel() == 1:
+        channels, inner = 1, z.numel()
+    elif z.is_contiguous():
+        channels, inner = z.shape[1], z[0, 0].numel()
+    else:  # channels_last
+        channels, inner = z.shape[1], 1
+    grad_z, full = _built().prelu_backward(z, grad, slopes, channels, inner, weight_grad)
+    return grad_z, full if weight_grad else None
 
 
 def weights_usable(w: Tensor, dtype: torch.dtype) -> bool:

@@ -10,12 +10,13 @@ autocast's cast of the sum and the slope) and the same gradients:
 * ``dL/dslope = sum(z > 0 ? 0 : z * g)`` over every dimension but the channel, reduced with the
   same ``sum_to_size`` autograd applies to ATen's full-size slope gradient.
 
-Both passes are vectorised ATen ops (backward: a ``lerp`` between ``g`` and ``slope * g``, exact
-for a 0/1 weight and finite values). A one-pass C++ kernel for the sum and the PReLU was tried and
-removed: its scalar bf16 loop took 30x the time of these ops and made a quickstart step 1.4x slower
-(interleaved training steps of the quickstart network, AMD EPYC, 2 threads). The values are
-identical to the generic path (tested bit for bit, fp32 and bf16 autocast, channels_last), for
-finite gradients.
+On a CPU with AVX-512 the backward is one pass (:func:`bnn_lightning.fused_cpu.prelu_backward`,
+bf16 and fp32, NCHW or channels_last): it reads ``z`` and ``g`` and writes the input gradient and
+the full-size slope gradient, bit for bit ATen's ``_prelu_kernel_backward``, at about half the
+time of the ATen ops it replaces in fp32 (``benchmarks/bench_kernels.py``). Elsewhere the backward
+is vectorised ATen ops (a ``lerp`` between ``g`` and ``slope * g``, exact for a 0/1 weight and
+finite values). The values are identical to the generic path (tested bit for bit, fp32 and bf16
+autocast, channels_last), for finite gradients.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AddPReLU", "add_prelu"]
+from bnn_lightning import fused_cpu
+
+__all__ = ["AddPReLU", "add_prelu", "prelu_grads"]
 
 
 def _slope_view(weight: Tensor, z: Tensor) -> Tensor:
@@ -34,6 +37,19 @@ def _slope_view(weight: Tensor, z: Tensor) -> Tensor:
     if weight.numel() == 1 or z.dim() < 2:
         return weight
     return weight.reshape([1, -1] + [1] * (z.dim() - 2))
+
+
+def prelu_grads(
+    z: Tensor, grad: Tensor, slope: Tensor, weight_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``dL/dz`` and, if ``weight_grad``, the full-size slope gradient (before its sum) of
+    ``prelu(z, slope)`` for ``grad`` in ``z``'s dtype and layout; ``slope`` shaped to broadcast
+    over ``z``. The one-pass kernel where it applies, else ATen's ops (same bits)."""
+    if fused_cpu.prelu_usable(z, grad):
+        return fused_cpu.prelu_backward(z, grad, slope, weight_grad)
+    positive = torch.gt(z, 0, out=torch.empty_like(z))
+    grad_z = torch.lerp(grad * slope, grad, positive)
+    return grad_z, z.clamp(max=0).mul_(grad) if weight_grad else None
 
 
 class _AddPReLUFn(torch.autograd.Function):
@@ -58,11 +74,9 @@ class _AddPReLUFn(torch.autograd.Function):
             # contiguous gradient): the ops below run in one layout, and so do the grads they send
             grad = torch.empty_like(z).copy_(grad)
         need_x, need_shortcut, need_w = ctx.needs_input_grad
-        positive = torch.gt(z, 0, out=torch.empty_like(z))
-        grad_z = torch.lerp(grad * slope, grad, positive)
+        grad_z, full = prelu_grads(z, grad, slope, need_w)
         grad_w = None
-        if need_w:
-            full = z.clamp(max=0).mul_(grad)
+        if full is not None:
             dtype, shape = ctx.weight_meta
             grad_w = full.sum_to_size(slope.shape).reshape(shape).to(dtype)
         return (

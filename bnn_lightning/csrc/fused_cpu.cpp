@@ -1,6 +1,7 @@
 // One-pass CPU kernels of bnn_lightning's fused binary conv: see bnn_lightning/fused_cpu.py.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -290,6 +291,75 @@ BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t*
                  _mm256_cmpeq_epi32(_mm256_and_si256(v, second), second), minus, plus,
                  s ? s + at : nullptr, g ? g + at : nullptr);
     }
+  }
+}
+// PReLU backward (see prelu_backward below), AVX-512 only: float values from bf16 by a shift,
+// back by ATen's AVX-512 rounding (to nearest even, NaN to 0xFFFF), so the bits are ATen's.
+BNN_AVX512 inline __m512 bf16_to_float(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+BNN_AVX512 inline __m256i float_to_bf16(__m512 f) {
+  const __m512i v = _mm512_castps_si512(f);
+  __m512i t = _mm512_and_si512(_mm512_srli_epi32(v, 16), _mm512_set1_epi32(1));
+  t = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7FFF)), v), 16);
+  t = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_ORD_Q), _mm512_set1_epi32(0xFFFF), t);
+  return _mm512_cvtusepi32_epi16(t);
+}
+
+// grad_z = z > 0 ? g : slope * g and full = z > 0 ? 0 : z * g on 16 floats (ATen's
+// _prelu_kernel_backward, element for element).
+struct PReLUGrads {
+  __m512 grad, full;
+};
+
+BNN_AVX512 inline PReLUGrads prelu_grads(__m512 z, __m512 g, __m512 slope) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 positive = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ);
+  return {_mm512_mask_blend_ps(positive, _mm512_mul_ps(slope, g), g),
+          _mm512_mask_blend_ps(positive, _mm512_mul_ps(z, g), zero)};
+}
+
+// n elements from z, g into grad_z (and full unless null): the slope one float an element
+// (`slopes`, PerElement: channels innermost) or the same for all (*slopes).
+template <bool PerElement>
+BNN_AVX512 void prelu_backward16_avx512(const uint16_t* z, const uint16_t* g,
+                                        const float* slopes, uint16_t* grad_z, uint16_t* full,
+                                        int64_t n) {
+  const __m512 same = _mm512_set1_ps(*slopes);
+  for (int64_t k = 0; k < n; k += 32) {
+    const __mmask32 m = n - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - k)) - 1;
+    const __m512i zv = _mm512_maskz_loadu_epi16(m, z + k), gv = _mm512_maskz_loadu_epi16(m, g + k);
+    __m256i out_grad[2], out_full[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i zh = h ? _mm512_extracti64x4_epi64(zv, 1) : _mm512_castsi512_si256(zv);
+      const __m256i gh = h ? _mm512_extracti64x4_epi64(gv, 1) : _mm512_castsi512_si256(gv);
+      const __mmask16 mh = static_cast<__mmask16>(m >> (16 * h));
+      const __m512 slope = PerElement ? _mm512_maskz_loadu_ps(mh, slopes + k + 16 * h) : same;
+      const PReLUGrads r = prelu_grads(bf16_to_float(zh), bf16_to_float(gh), slope);
+      out_grad[h] = float_to_bf16(r.grad);
+      out_full[h] = float_to_bf16(r.full);
+    }
+    _mm512_mask_storeu_epi16(
+        grad_z + k, m, _mm512_inserti64x4(_mm512_castsi256_si512(out_grad[0]), out_grad[1], 1));
+    if (full) {
+      _mm512_mask_storeu_epi16(
+          full + k, m, _mm512_inserti64x4(_mm512_castsi256_si512(out_full[0]), out_full[1], 1));
+    }
+  }
+}
+
+template <bool PerElement>
+BNN_AVX512 void prelu_backward32_avx512(const float* z, const float* g, const float* slopes,
+                                        float* grad_z, float* full, int64_t n) {
+  const __m512 same = _mm512_set1_ps(*slopes);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 m = n - k >= 16 ? ~__mmask16(0) : (__mmask16(1) << (n - k)) - 1;
+    const __m512 slope = PerElement ? _mm512_maskz_loadu_ps(m, slopes + k) : same;
+    const PReLUGrads r =
+        prelu_grads(_mm512_maskz_loadu_ps(m, z + k), _mm512_maskz_loadu_ps(m, g + k), slope);
+    _mm512_mask_storeu_ps(grad_z + k, m, r.grad);
+    if (full) _mm512_mask_storeu_ps(full + k, m, r.full);
   }
 }
 #endif  // BNN_X86
@@ -593,6 +663,54 @@ torch::Tensor weight_grad(torch::Tensor grad, torch::Tensor w, torch::Tensor sca
   return out;
 }
 
+// ATen's PReLU backward for dense z, g (same strides; bf16 or fp32) in one pass, AVX-512 only:
+// grad_z = z > 0 ? g : slope[c] * g and, when `weight` is set, the full-size slope gradient
+// z > 0 ? 0 : z * g (the caller reduces it). Element i of the memory order has channel
+// (i / inner) % channels: inner = H * W for NCHW, 1 for channels_last (the slopes vary
+// element by element), the whole tensor for one shared slope (channels = 1).
+std::vector<torch::Tensor> prelu_backward(torch::Tensor z, torch::Tensor g, torch::Tensor slope,
+                                          int64_t channels, int64_t inner, bool weight) {
+  TORCH_CHECK(best_level() >= 2, "prelu_backward needs AVX-512");
+  TORCH_CHECK(z.scalar_type() == g.scalar_type() && z.strides() == g.strides(),
+              "prelu_backward: z and g differ in dtype or strides");
+  TORCH_CHECK(slope.scalar_type() == at::kFloat && slope.is_contiguous() &&
+                  slope.numel() == channels,
+              "prelu_backward: the slope must be `channels` contiguous floats");
+  auto grad_z = torch::empty_like(z);
+  auto full = weight ? torch::empty_like(z) : torch::Tensor();
+  const bool bf16 = z.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || z.scalar_type() == at::kFloat, "prelu_backward: bf16 or fp32 only");
+  const int64_t bytes = bf16 ? 2 : 4;
+  const uint8_t* zp = static_cast<const uint8_t*>(z.data_ptr());
+  const uint8_t* gp = static_cast<const uint8_t*>(g.data_ptr());
+  uint8_t* op = static_cast<uint8_t*>(grad_z.data_ptr());
+  uint8_t* fp = weight ? static_cast<uint8_t*>(full.data_ptr()) : nullptr;
+  const float* s = slope.data_ptr<float>();
+#ifdef BNN_X86
+  at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      // a run: to the end of the channels (inner == 1) or of one channel's elements
+      const int64_t c = (i / inner) % channels;
+      const int64_t n = std::min(end - i, inner == 1 ? channels - c : inner - i % inner);
+      const int64_t at = i * bytes;
+      if (bf16) {
+        auto run = inner == 1 ? prelu_backward16_avx512<true> : prelu_backward16_avx512<false>;
+        run(reinterpret_cast<const uint16_t*>(zp + at), reinterpret_cast<const uint16_t*>(gp + at),
+            s + c, reinterpret_cast<uint16_t*>(op + at),
+            fp ? reinterpret_cast<uint16_t*>(fp + at) : nullptr, n);
+      } else {
+        auto run = inner == 1 ? prelu_backward32_avx512<true> : prelu_backward32_avx512<false>;
+        run(reinterpret_cast<const float*>(zp + at), reinterpret_cast<const float*>(gp + at),
+            s + c, reinterpret_cast<float*>(op + at),
+            fp ? reinterpret_cast<float*>(fp + at) : nullptr, n);
+      }
+      i += n;
+    }
+  });
+#endif
+  return {grad_z, full};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_level", &best_level, "the fastest kernels this CPU runs: 2 AVX-512, 1 AVX2, 0");
   m.def("sign_codes_float", &sign_codes_float, "sign_codes for fp32");
@@ -601,4 +719,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_codes", &sign_codes, "sign(x) (or 2 * 1[x >= 0] as bytes) and its 2-bit codes");
   m.def("weight_signs", &weight_signs, "+-1 (int8) from the sign bits of 2-byte floats");
   m.def("codes_backward", &codes_backward, "the +-1 input and the STE mask from the codes");
+  m.def("prelu_backward", &prelu_backward, "ATen's PReLU backward in one pass (AVX-512)");
 }
