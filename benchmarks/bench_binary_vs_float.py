@@ -228,7 +228,7 @@ def quickstart_setting() -> tuple[str, bool]:
 
 def resnet_rows(quick: bool) -> list[dict[str, Any]]:
     """Training step of the default binary ResNet-18 (CIFAR stem) vs quantizers off."""
-    batch, repeats = (16, 2) if quick else (128, 7)
+    batch, repeats = (16, 2) if quick else (128, 12)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     rows = []
     settings = [("fp32 eager", False, torch.contiguous_format)]

@@ -12,11 +12,12 @@ autocast's cast of the sum and the slope) and the same gradients:
 
 On a CPU with AVX-512 the backward is one pass (:func:`bnn_lightning.fused_cpu.prelu_backward`,
 bf16 and fp32, NCHW or channels_last): it reads ``z`` and ``g`` and writes the input gradient and
-the full-size slope gradient, bit for bit ATen's ``_prelu_kernel_backward``, at about half the
-time of the ATen ops it replaces in fp32 (``benchmarks/bench_kernels.py``). Elsewhere the backward
-is vectorised ATen ops (a ``lerp`` between ``g`` and ``slope * g``, exact for a 0/1 weight and
-finite values). The values are identical to the generic path (tested bit for bit, fp32 and bf16
-autocast, channels_last), for finite gradients.
+the full-size slope gradient, bit for bit ATen's ``_prelu_kernel_backward``, 1.5-2x faster than the
+ATen ops it replaces in fp32 and up to 1.2x in bf16, where both are memory-bound
+(``benchmarks/bench_kernels.py``). Elsewhere the backward is vectorised ATen ops (a ``lerp``
+between ``g`` and ``slope * g``, exact for a 0/1 weight and finite values). The values are
+identical to the generic path (tested bit for bit, fp32 and bf16 autocast, channels_last), for
+finite gradients.
 """
 
 from __future__ import annotations
