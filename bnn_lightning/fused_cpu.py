@@ -36,6 +36,7 @@ compare or to rule the vector kernels out.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -171,7 +172,7 @@ def prelu_backward(
     if slopes.numel() == 1:
         channels, inner = 1, z.numel()
     elif z.is_contiguous():
-        channels, inner = z.shape[1], z[0, 0].numel()
+        channels, inner = z.shape[1], math.prod(z.shape[2:])
     else:  # channels_last
         channels, inner = z.shape[1], 1
     grad_z, full = _built().prelu_backward(z, grad, slopes, channels, inner, weight_grad)

@@ -293,6 +293,7 @@ BNN_AVX2 void codes_backward32_avx2(const uint8_t* codes, uint32_t* s, uint32_t*
     }
   }
 }
+
 // PReLU backward (see prelu_backward below), AVX-512 only: float values from bf16 by a shift,
 // back by ATen's AVX-512 rounding (to nearest even, NaN to 0xFFFF), so the bits are ATen's.
 BNN_AVX512 inline __m512 bf16_to_float(__m256i h) {

@@ -112,8 +112,9 @@ def _avx512_or_skip() -> None:
 def _edge_values(z: torch.Tensor, g: torch.Tensor) -> None:
     """Signed zeros, subnormals and large values where the vector loop starts."""
     edges = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 3.0e38, -3.0e38, 1e-39, -2.5])
-    z.view(-1)[: edges.numel()] = edges.to(z.dtype)
-    g.view(-1)[2 : 2 + edges.numel()] = edges.flip(0).to(g.dtype)
+    if z.numel() >= 2 + edges.numel():
+        z.view(-1)[: edges.numel()] = edges.to(z.dtype)
+        g.view(-1)[2 : 2 + edges.numel()] = edges.flip(0).to(g.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -125,6 +126,7 @@ def _edge_values(z: torch.Tensor, g: torch.Tensor) -> None:
         ((2, 37, 5, 7), False),  # NCHW: one slope a run of 35 (a masked tail each)
         ((4, 512, 1, 1), False),
         ((2, 16, 32, 33), False),
+        ((0, 8, 3, 3), False),  # an empty batch
     ],
 )
 @pytest.mark.parametrize("shared_slope", [False, True])
