@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn_lightning.fused import compute_dtype, magnitude_aware_sign, ste_sign_conv2d
+from bnn_lightning.fused import (
+    compute_dtype,
+    kernels_usable,
+    magnitude_aware_sign,
+    ste_sign_conv2d,
+    ste_sign_conv2d_op,
+)
 from bnn_lightning.quantizers import MagnitudeAwareSign, QuantizerSpec, SteSign, get_quantizer
 from bnn_lightning.thresholds import RSign
 
@@ -161,6 +167,13 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
                 x, weight, self.bias, self.stride, padding, self.dilation, self.groups,
                 cast(SteSign, quantizer).clip, scale,
             )  # fmt: skip
+        if self._fused_compiled(quantizer, x):  # the same kernels as one op for the compiler
+            x, padding = self._pad(x)
+            dtype = compute_dtype(x)
+            conv = (list(self.stride), list(padding), list(self.dilation), self.groups)
+            int8 = type(self.weight_quantizer) is MagnitudeAwareSign
+            clip = cast(SteSign, quantizer).clip
+            return ste_sign_conv2d_op(x, weight.to(dtype), *conv, clip, int8)[0]
         x, padding = self._pad(x if quantizer is None else quantizer(x))
         x, saving = _compact_input(x, quantizer)
         with saving:
@@ -187,6 +200,22 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
             and x.device.type in ("cpu", "cuda")
             and self.pad_value in (0.0, 1.0, -1.0)
             and not torch.compiler.is_compiling()
+        )
+
+    def _fused_compiled(self, quantizer: nn.Module | None, x: Tensor) -> bool:
+        """Whether a compiled step runs :func:`ste_sign_conv2d_op` (the eager kernels, one opaque
+        op): clipped STE, binary padding, no bias, a dense 4-D input (NCHW or channels_last) on
+        a CPU where the kernels handle its dtype."""
+        dtype = compute_dtype(x)
+        return (
+            torch.compiler.is_compiling()
+            and type(quantizer) is SteSign
+            and self.pad_value in (0.0, 1.0, -1.0)
+            and self.bias is None
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and kernels_usable(dtype)
         )
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:

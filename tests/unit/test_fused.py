@@ -437,3 +437,57 @@ def test_int8_convolution_setting(monkeypatch: pytest.MonkeyPatch) -> None:
             assert fused_cpu.int8_conv() is False
     finally:
         fused_cpu.int8_conv.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "int8"), [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, False)]
+)
+def test_compiled_sign_conv_op_equals_the_eager_fused_conv(
+    dtype: torch.dtype, int8: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The op a compiled step runs for each binary conv (``bnn_lightning::ste_sign_conv2d``,
+    compiled by inductor): output, input and weight gradients and their layouts are the eager
+    fused conv's, bit for bit, with the int8 forward convolution where it applies."""
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    if int8:
+        _int8_or_skip()
+    monkeypatch.setattr(fused, "INT8_MIN_POSITIONS", 0)
+    monkeypatch.setattr(fused_cpu, "int8_conv", lambda: int8)
+    calls: list[int] = []
+    real = fused_cpu.int8_conv2d
+    monkeypatch.setattr(fused_cpu, "int8_conv2d", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    x = 1.5 * torch.randn(4, 8, 7, 7)
+    x[0, :4, 0, 0] = torch.tensor([1.0, -1.0, 0.0, -0.0])  # on the clip and at zero
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, scale = fused.magnitude_aware_sign(torch.randn(6, 8, 3, 3), 1.0, dtype)
+    conv = ([2, 2], [1, 1], [1, 1], 1)
+
+    def compiled_op(x: Tensor, w: Tensor) -> Tensor:
+        return fused.ste_sign_conv2d_op(x, w, *conv, 1.0, int8)[0]
+
+    results = []
+    for run in ("eager", "compiled"):
+        torch._dynamo.reset()
+        xi, wi = (t.detach().clone().requires_grad_(True) for t in (x, weight))
+        if run == "eager":
+            out = fused.ste_sign_conv2d(xi, wi, None, (2, 2), (1, 1), (1, 1), 1, 1.0, scale)
+        else:
+            out = torch.compile(compiled_op, fullgraph=True)(xi, wi)
+        out.float().square().sum().backward()
+        results.append([out, xi.grad, wi.grad])
+    _assert_equal(*results)
+    for a, b in zip(*results, strict=True):
+        assert a is not None and b is not None and a.stride() == b.stride()
+    assert len(calls) == (2 if int8 else 0)  # eager and compiled forward
+
+
+def test_compiled_sign_conv_op_registration() -> None:
+    """``torch.library.opcheck``: schema, fake tensors, autograd and AOT dispatch agree."""
+    if fused_cpu.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    weight = fused.magnitude_aware_sign(torch.randn(3, 4, 3, 3), 1.0, torch.float32)[0]
+    args = (x.requires_grad_(True), weight.requires_grad_(True), [1, 1], [1, 1], [1, 1], 1, 1.0)
+    torch.library.opcheck(fused.ste_sign_conv2d_op, (*args, False))
