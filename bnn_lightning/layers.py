@@ -206,7 +206,6 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
         """Whether a compiled step runs :func:`ste_sign_conv2d_op` (the eager kernels, one opaque
         op): clipped STE, binary padding, no bias, a dense 4-D input (NCHW or channels_last) on
         a CPU where the kernels handle its dtype."""
-        dtype = compute_dtype(x)
         return (
             torch.compiler.is_compiling()
             and type(quantizer) is SteSign
@@ -215,7 +214,7 @@ class BinaryConv2d(QuantizedLayer, nn.Conv2d):
             and x.device.type == "cpu"
             and x.dim() == 4
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-            and kernels_usable(dtype)
+            and kernels_usable(compute_dtype(x))
         )
 
     def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
