@@ -198,6 +198,28 @@ def _int8(x: Tensor, weight: Tensor, conv: tuple[Any, ...], dtype: torch.dtype,
     )
 
 
+def _sign_conv(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    conv: tuple[Any, ...],
+    clip: float,
+    scale: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``conv2d(sign(x), w, b, *conv)`` in ``w``'s dtype, the packed codes of ``x`` and the sign
+    tensor (for its shape and strides). With ``scale`` (``w = +-scale[c]``, :func:`_int8` true)
+    the convolution runs in int8 and the sign tensor is the uint8 one it read."""
+    if scale is not None:
+        u8, packed = fused_cpu.sign_codes(x, clip, u8=True)
+        weight_signs = fused_cpu.weight_signs(_dense(w))
+        out = fused_cpu.int8_conv2d(u8, weight_signs, scale.float().reshape(-1), *conv)
+        return out, packed, u8
+    sign, packed = sign_and_codes(x, clip, w.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        out = F.conv2d(sign, w, b, *conv)
+    return out, packed, sign
+
+
 class _SteSignConv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -217,16 +239,9 @@ class _SteSignConv2dFn(torch.autograd.Function):
         w = weight.detach().to(dtype)
         b = None if bias is None else bias.detach().to(dtype)
         conv = (list(stride), list(padding), list(dilation), groups)
-        if _int8(x, w, conv, dtype, weight_scale, bias):
-            u8, packed = fused_cpu.sign_codes(x, clip, u8=True)
-            assert weight_scale is not None
-            scale = weight_scale.detach().float().reshape(-1)
-            out = fused_cpu.int8_conv2d(u8, fused_cpu.weight_signs(_dense(w)), scale, *conv)
-            sign = u8  # its shape and strides
-        else:
-            sign, packed = sign_and_codes(x, clip, dtype)
-            with torch.autocast(x.device.type, enabled=False):
-                out = F.conv2d(sign, w, b, stride, padding, dilation, groups)
+        int8 = _int8(x, w, conv, dtype, weight_scale, bias)
+        scale = weight_scale.detach() if int8 and weight_scale is not None else None
+        out, packed, sign = _sign_conv(x, w, b, conv, clip, scale)
         if weight_scale is None or w.element_size() <= 2:
             ctx.save_for_backward(packed, w, None)
         else:  # w = +-weight_scale in 4 bytes or more: keep its signs, a byte each
@@ -330,13 +345,11 @@ def ste_sign_conv2d_op(
     ``int8``: ``weight`` is ``+-scale[c]`` (``MagnitudeAwareSign``), so the int8 convolution may
     run (the eager path's conditions). The codes are what backward keeps of ``x``."""
     conv = (stride, padding, dilation, groups)
+    scale = None
     if int8 and _int8(x, weight, conv, weight.dtype, weight, None):  # weight: its own scale
-        u8, packed = fused_cpu.sign_codes(x, clip, u8=True)
-        scale = weight.abs().amax(dim=(1, 2, 3)).float()  # every element of channel c: scale[c]
-        out = fused_cpu.int8_conv2d(u8, fused_cpu.weight_signs(_dense(weight)), scale, *conv)
-        return out, packed
-    sign, packed = sign_and_codes(x, clip, weight.dtype)
-    return F.conv2d(sign, weight, None, *conv), packed
+        scale = weight.abs().amax(dim=(1, 2, 3))  # every element of channel c: scale[c]
+    out, packed, _ = _sign_conv(x, weight, None, conv, clip, scale)
+    return out, packed
 
 
 @ste_sign_conv2d_op.register_fake
