@@ -394,16 +394,8 @@ def ste_sign_conv2d_backward(
 
 @ste_sign_conv2d_backward.register_fake
 def _(
-    grad_out: Tensor,
-    packed: Tensor,
-    weight: Tensor,
-    shape: list[int],
-    strides: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> tuple[Tensor, Tensor]:
+    grad_out: Tensor, packed: Tensor, weight: Tensor, shape: list[int], strides: list[int], *_: Any
+) -> tuple[Tensor, Tensor]:  # the convolution's arguments do not change the output layouts
     grad_x = weight.new_empty_strided(shape, strides)
     return grad_x, torch.empty_like(weight)
 
